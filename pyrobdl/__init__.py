@@ -1,0 +1,39 @@
+"""pyrobdl: Bayesian deep learning on Pyro.
+
+Make any torch network Bayesian, fit it with mean-field / low-rank / full-rank
+SVI, HMC/NUTS, MC dropout, MC DropConnect or a deep ensemble, and get one
+predictive interface that splits uncertainty into epistemic and aleatoric parts.
+
+Example::
+
+    import torch.nn as nn, pyrobdl
+    from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+
+    net = nn.Sequential(nn.Linear(1, 50), nn.Tanh(), nn.Linear(50, 1))
+    model = BayesianNetwork(net, prior=priors.Normal(0.0, 1.0), likelihood=likelihoods.Gaussian())
+    posterior = inference.MeanField(num_steps=3000, lr=1e-2).fit(model, x, y)
+    pred = posterior.predict(x_test, num_samples=100)
+    pred.mean, pred.epistemic_variance, pred.aleatoric_variance
+"""
+__version__ = "0.1.0"
+
+from . import likelihoods, priors  # noqa: E402
+from .network import BayesianNetwork  # noqa: E402
+from .prediction import ClassificationPrediction, Prediction, RegressionPrediction  # noqa: E402
+from . import inference  # noqa: E402
+from .inference.base import available_methods, fit  # noqa: E402
+from .serialization import load  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "BayesianNetwork",
+    "priors",
+    "likelihoods",
+    "inference",
+    "fit",
+    "load",
+    "available_methods",
+    "Prediction",
+    "RegressionPrediction",
+    "ClassificationPrediction",
+]

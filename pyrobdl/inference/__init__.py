@@ -1,0 +1,17 @@
+"""Inference algorithms. Each ``Algorithm(**settings).fit(model, x, y)`` returns a
+:class:`~pyrobdl.inference.base.Posterior` with one predictive interface."""
+from .base import Inference, Posterior, available_methods, fit, get_method, register_method
+from .svi import FullRank, LowRank, MeanField, SVIPosterior
+
+__all__ = [
+    "Inference",
+    "Posterior",
+    "SVIPosterior",
+    "MeanField",
+    "LowRank",
+    "FullRank",
+    "available_methods",
+    "get_method",
+    "register_method",
+    "fit",
+]

@@ -1,0 +1,393 @@
+r"""Observation models :math:`p(y \mid f_\theta(x))` for the network's output.
+
+Each likelihood knows how many network outputs it needs, checks targets,
+builds the observation distribution (vectorised over any leading sample
+dimensions), declares its own latent variables (e.g. a learned noise scale)
+and turns sampled outputs into a :mod:`~pyrobdl.prediction` object.
+
+========================== =============================== ==========================================
+likelihood                 network output                  :math:`p(y\mid f)`
+========================== =============================== ==========================================
+:class:`Gaussian`          :math:`\mu` (d)                 :math:`\mathcal N(y;\mu,\sigma^2)`, σ fixed or learned
+:class:`HeteroscedasticGaussian` :math:`[\mu, \log\sigma^2]` (2d) :math:`\mathcal N(y;\mu,\sigma^2(x))` (Kendall & Gal, 2017)
+:class:`Categorical`       logits (C)                      :math:`\mathrm{softmax}(f)_y`
+:class:`Bernoulli`         logit (d)                       :math:`\sigma(f)^y(1-\sigma(f))^{1-y}`
+========================== =============================== ==========================================
+
+A network with one output gives targets of shape ``(N,)``; with ``d > 1``
+outputs, ``(N, d)``.
+
+References: A. Kendall and Y. Gal, *What Uncertainties Do We Need in Bayesian
+Deep Learning for Computer Vision?* (NeurIPS 2017).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch.distributions import constraints
+
+from ._validation import as_tensor, check_finite, check_positive_float
+from .prediction import ClassificationPrediction, Prediction, RegressionPrediction
+
+__all__ = [
+    "Likelihood",
+    "Gaussian",
+    "HeteroscedasticGaussian",
+    "Categorical",
+    "Bernoulli",
+    "get_likelihood",
+]
+
+_LIKELIHOODS: Dict[str, type] = {}
+
+
+def _register(cls):
+    _LIKELIHOODS[cls.__name__] = cls
+    return cls
+
+
+class Likelihood:
+    """Base class of observation models.
+
+    Subclasses set :attr:`task` (``"regression"`` or ``"classification"``),
+    implement :meth:`dist` and :meth:`prediction`, and, when the model has
+    its own latent variables (a learned noise scale), :meth:`latent_priors`.
+    """
+
+    task: str = "regression"
+    #: outputs per target dimension (2 for mean + log-variance)
+    outputs_per_target: int = 1
+
+    # -- latent variables -----------------------------------------------------
+    def latent_priors(self, *, dtype: torch.dtype, device) -> Dict[str, dist.TorchDistribution]:
+        """Priors of the likelihood's own latent variables, keyed by short name."""
+        return {}
+
+    def latent_supports(self) -> Dict[str, constraints.Constraint]:
+        return {}
+
+    def point_latents(self) -> Dict[str, torch.nn.Parameter]:
+        """Learnable point estimates of the latents for maximum-likelihood
+        methods (MC dropout, ensembles). Default: none."""
+        return {}
+
+    # -- targets and outputs --------------------------------------------------
+    def event_shape(self, out: torch.Tensor) -> torch.Size:
+        """Shape of one target given a network output ``out`` of shape (..., N, k)."""
+        k = out.shape[-1] // self.outputs_per_target
+        return torch.Size(()) if k == 1 else torch.Size((k,))
+
+    def check_output(self, out: torch.Tensor) -> None:
+        if out.dim() < 2:
+            raise ValueError(
+                f"the network must return a (N, outputs) tensor for {type(self).__name__}, "
+                f"got shape {tuple(out.shape)}"
+            )
+
+    def check_target(self, y, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Validate targets (and, given one output row batch, their width) and
+        return them in the shape the likelihood scores: ``(N, *event)``."""
+        raise NotImplementedError
+
+    def _reshape_target(self, y: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+        if out is None:
+            return y
+        ev = self.event_shape(out)
+        want = (y.shape[0],) + tuple(ev)
+        if tuple(y.shape) == want:
+            return y
+        if y.numel() == math.prod(want) and y.dim() == len(want) + 1 and y.shape[-1] == 1:
+            return y.reshape(want)
+        n_out = out.shape[-1]
+        raise ValueError(
+            f"{type(self).__name__} with a network of {n_out} output(s) scores targets of shape "
+            f"(N, {', '.join(map(str, ev)) or ''}) but y has shape {tuple(y.shape)}; "
+            f"{self._width_hint(y)}"
+        )
+
+    def _width_hint(self, y: torch.Tensor) -> str:
+        d = 1 if y.dim() == 1 else int(math.prod(y.shape[1:]))
+        return f"give the network's last layer {d * self.outputs_per_target} output(s)"
+
+    # -- distributions ----------------------------------------------------------
+    def dist(self, out: torch.Tensor, latents: Dict[str, torch.Tensor]) -> dist.TorchDistribution:
+        """Observation distribution with ``batch_shape == out.shape[:-1]`` and the
+        target's event shape."""
+        raise NotImplementedError
+
+    def log_prob(self, out: torch.Tensor, y: torch.Tensor, latents: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-point log-likelihood, shape ``out.shape[:-1]``."""
+        return self.dist(out, latents).log_prob(y)
+
+    def prediction(self, out: torch.Tensor, latents: Dict[str, torch.Tensor]) -> Prediction:
+        """Prediction object from sampled outputs ``(S, N, k)`` and latents ``(S, ...)``."""
+        raise NotImplementedError
+
+    # -- serialization --------------------------------------------------------
+    def to_config(self) -> dict:
+        return {"type": type(self).__name__}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items() if k != "type")
+        return f"{type(self).__name__}({args})"
+
+
+def _expand_latent(v: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """A per-sample scalar of shape (...,) -> (..., 1, *1s) to broadcast against (..., N, *event)."""
+    return v.reshape(v.shape + (1,) * (1 + event_dims))
+
+
+class _GaussianBase(Likelihood):
+    task = "regression"
+
+    def check_target(self, y, out=None):
+        y = as_tensor(y, "y")
+        if not y.is_floating_point():
+            y = y.to(torch.get_default_dtype())
+        check_finite(y, "y")
+        if y.dim() == 0:
+            raise ValueError("y must have one row per input, got a scalar")
+        return self._reshape_target(y, out)
+
+    def _squeeze(self, t: torch.Tensor) -> torch.Tensor:
+        return t.squeeze(-1) if t.shape[-1] == 1 else t
+
+
+@_register
+class Gaussian(_GaussianBase):
+    r"""Homoscedastic Gaussian noise :math:`y \sim \mathcal N(f_\theta(x), \sigma^2)`.
+
+    Args:
+        scale: the noise standard deviation σ. ``None`` (default) learns it:
+            it becomes a latent variable with prior
+            :math:`\sigma\sim\text{HalfNormal}(\text{scale\_prior})` inferred
+            together with the weights (a point estimate for maximum-likelihood
+            methods). A float fixes it.
+        scale_prior: scale of the half-normal prior on σ when it is learned.
+
+    Example::
+
+        likelihoods.Gaussian()            # noise learned
+        likelihoods.Gaussian(scale=0.1)   # noise fixed
+    """
+
+    def __init__(self, scale: Optional[float] = None, *, scale_prior: float = 1.0):
+        self.scale = None if scale is None else check_positive_float(scale, "scale")
+        self.scale_prior = check_positive_float(scale_prior, "scale_prior")
+        self._point: Optional[torch.nn.Parameter] = None
+
+    @property
+    def learned(self) -> bool:
+        return self.scale is None
+
+    def latent_priors(self, *, dtype, device):
+        if not self.learned:
+            return {}
+        return {"sigma": dist.HalfNormal(torch.tensor(self.scale_prior, dtype=dtype, device=device))}
+
+    def latent_supports(self):
+        return {"sigma": constraints.positive} if self.learned else {}
+
+    def point_latents(self):
+        if not self.learned:
+            return {}
+        if self._point is None:
+            # unconstrained log sigma; exp() at use
+            self._point = torch.nn.Parameter(torch.tensor(math.log(0.5 * self.scale_prior)))
+        return {"log_sigma": self._point}
+
+    def _sigma(self, latents, ref: torch.Tensor, event_dims: int) -> torch.Tensor:
+        if not self.learned:
+            return torch.tensor(self.scale, dtype=ref.dtype, device=ref.device)
+        if "sigma" in latents:
+            return _expand_latent(latents["sigma"], event_dims)
+        if "log_sigma" in latents:
+            return _expand_latent(latents["log_sigma"].exp(), event_dims)
+        raise ValueError("the learned noise scale 'sigma' is missing; pass it in latents")
+
+    def dist(self, out, latents):
+        loc = self._squeeze(out)
+        ev = loc.dim() - out.dim() + 1
+        sigma = self._sigma(latents, loc, ev)
+        return dist.Normal(loc, sigma).to_event(ev)
+
+    def prediction(self, out, latents):
+        loc = self._squeeze(out)
+        ev = loc.dim() - out.dim() + 1
+        sigma = self._sigma(latents, loc, ev).expand_as(loc)
+        return RegressionPrediction(loc=loc, scale=sigma)
+
+    def to_config(self):
+        return {"type": "Gaussian", "scale": self.scale, "scale_prior": self.scale_prior}
+
+
+@_register
+class HeteroscedasticGaussian(_GaussianBase):
+    r"""Input-dependent Gaussian noise (Kendall & Gal, 2017).
+
+    The network outputs :math:`2d` values: the mean :math:`\mu(x)` and the
+    log-variance :math:`s(x) = \log\sigma^2(x)`. The negative log-likelihood is
+
+    .. math::
+
+        -\log p(y\mid x) = \frac{\lVert y-\mu(x)\rVert^2}{2\sigma^2(x)} + \tfrac12\log\sigma^2(x) + \tfrac12\log 2\pi,
+
+    and predicting :math:`\log\sigma^2` keeps training stable.
+
+    Args:
+        min_log_variance, max_log_variance: the predicted log-variance is
+            clamped to this range for numerical safety.
+    """
+
+    outputs_per_target = 2
+
+    def __init__(self, *, min_log_variance: float = -20.0, max_log_variance: float = 20.0):
+        self.min_log_variance = float(min_log_variance)
+        self.max_log_variance = float(max_log_variance)
+
+    def check_output(self, out):
+        super().check_output(out)
+        if out.shape[-1] % 2:
+            raise ValueError(
+                f"HeteroscedasticGaussian needs 2*d network outputs (d means, then d log-variances), "
+                f"got {out.shape[-1]}; give the last layer an even number of outputs"
+            )
+
+    def split(self, out):
+        d = out.shape[-1] // 2
+        loc = self._squeeze(out[..., :d])
+        log_var = self._squeeze(out[..., d:]).clamp(self.min_log_variance, self.max_log_variance)
+        return loc, (0.5 * log_var).exp()
+
+    def dist(self, out, latents):
+        self.check_output(out)
+        loc, scale = self.split(out)
+        return dist.Normal(loc, scale).to_event(loc.dim() - out.dim() + 1)
+
+    def prediction(self, out, latents):
+        loc, scale = self.split(out)
+        return RegressionPrediction(loc=loc, scale=scale)
+
+    def to_config(self):
+        return {
+            "type": "HeteroscedasticGaussian",
+            "min_log_variance": self.min_log_variance,
+            "max_log_variance": self.max_log_variance,
+        }
+
+
+@_register
+class Categorical(Likelihood):
+    r"""Softmax classification :math:`p(y=c\mid x) = \mathrm{softmax}(f_\theta(x))_c`.
+
+    Targets are integer class labels in :math:`[0, C)`; the network returns
+    :math:`C` logits.
+    """
+
+    task = "classification"
+
+    def event_shape(self, out):
+        return torch.Size(())
+
+    def check_output(self, out):
+        super().check_output(out)
+        if out.shape[-1] < 2:
+            raise ValueError(
+                f"Categorical needs one logit per class (at least 2 outputs), got {out.shape[-1]}; "
+                "use Bernoulli for a single logit"
+            )
+
+    def check_target(self, y, out=None):
+        y = as_tensor(y, "y")
+        if y.is_floating_point():
+            check_finite(y, "y")
+            raise TypeError(
+                "Categorical targets must be integer class labels (dtype long), got floating-point "
+                "values; convert with y.long() if they are whole numbers"
+            )
+        if y.dtype == torch.bool:
+            y = y.long()
+        if y.dim() == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.dim() != 1:
+            raise ValueError(f"Categorical targets must have shape (N,), got {tuple(y.shape)}")
+        y = y.long()
+        if out is not None:
+            self.check_output(out)
+            C = out.shape[-1]
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
+                raise ValueError(
+                    f"class labels must lie in [0, {C}) for a network with {C} outputs; "
+                    f"got labels in [{int(y.min())}, {int(y.max())}]"
+                )
+        return y
+
+    def dist(self, out, latents):
+        return dist.Categorical(logits=out)
+
+    def log_prob(self, out, y, latents):
+        return torch.log_softmax(out, -1).gather(-1, y.expand(out.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+
+    def prediction(self, out, latents):
+        return ClassificationPrediction(probs=torch.softmax(out, -1))
+
+
+@_register
+class Bernoulli(Likelihood):
+    r"""Binary classification :math:`p(y=1\mid x) = \mathrm{sigmoid}(f_\theta(x))`.
+
+    Targets are 0/1 (ints, bools or floats); one logit per target.
+    """
+
+    task = "classification"
+
+    def check_target(self, y, out=None):
+        y = as_tensor(y, "y")
+        if y.dtype == torch.bool:
+            y = y.long()
+        if y.is_floating_point():
+            check_finite(y, "y")
+        if y.numel() and not bool(((y == 0) | (y == 1)).all()):
+            raise ValueError("Bernoulli targets must be 0 or 1; found other values in y")
+        y = y.to(torch.get_default_dtype() if not y.is_floating_point() else y.dtype)
+        return self._reshape_target(y, out)
+
+    def _squeeze(self, t):
+        return t.squeeze(-1) if t.shape[-1] == 1 else t
+
+    def dist(self, out, latents):
+        logits = self._squeeze(out)
+        return dist.Bernoulli(logits=logits).to_event(logits.dim() - out.dim() + 1)
+
+    def log_prob(self, out, y, latents):
+        logits = self._squeeze(out)
+        lp = -F.binary_cross_entropy_with_logits(logits, y.expand_as(logits), reduction="none")
+        ev = logits.dim() - out.dim() + 1
+        return lp.sum(-1) if ev else lp
+
+    def prediction(self, out, latents):
+        p1 = torch.sigmoid(self._squeeze(out))
+        return ClassificationPrediction(probs=torch.stack([1 - p1, p1], -1))
+
+
+def get_likelihood(cfg) -> Likelihood:
+    """Build a likelihood from a saved config dict (or return a Likelihood unchanged)."""
+    if isinstance(cfg, Likelihood):
+        return cfg
+    cfg = dict(cfg)
+    t = cfg.pop("type", None)
+    if t not in _LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {t!r}; known: {sorted(_LIKELIHOODS)}")
+    cls = _LIKELIHOODS[t]
+    if t == "Gaussian":
+        return cls(cfg.get("scale"), scale_prior=cfg.get("scale_prior", 1.0))
+    return cls(**cfg)
+
+
+def register_likelihood(cls):
+    """Class decorator: make a custom likelihood loadable by :func:`pyrobdl.load`."""
+    return _register(cls)

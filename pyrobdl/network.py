@@ -1,0 +1,477 @@
+r"""Any :class:`torch.nn.Module` as a Pyro model with priors over its weights.
+
+:class:`BayesianNetwork` wraps a network :math:`f_\theta` and defines the
+generative model
+
+.. math::
+
+    \theta \sim p(\theta) \quad(\text{the selected parameters}),\qquad
+    \eta \sim p(\eta) \quad(\text{likelihood latents, e.g. a noise scale}),\qquad
+    y_n \mid x_n, \theta, \eta \sim p(y_n \mid f_\theta(x_n), \eta),\ n = 1..N.
+
+Calling it, ``model(x, y=None, num_data=None)``, runs that model with ordinary
+``pyro.sample`` statements, so it is a real Pyro model: it works unchanged with
+:class:`pyro.infer.SVI`, every :mod:`pyro.infer.autoguide`, :class:`pyro.infer.MCMC`,
+:class:`pyro.infer.Predictive` and :mod:`pyro.poutine` handlers. The likelihood
+sits in ``pyro.plate("data", num_data)``: pass ``num_data`` (the dataset size)
+with a minibatch and the likelihood is scaled by ``num_data / batch_size``, which
+keeps the ELBO an unbiased estimate of the full-data ELBO.
+
+Sampled weights with extra leading dimensions (as produced by
+``Predictive(parallel=True)`` or ``Trace_ELBO(vectorize_particles=True)``) are run
+through the network in one batched pass with :func:`torch.func.vmap`.
+
+Besides the Pyro model, the class offers the fast, trace-free functions that
+pyrobdl's inference uses: :meth:`apply`, :meth:`log_prior`,
+:meth:`log_likelihood` and :meth:`predict_from_samples` (chunked and vectorised
+over posterior samples).
+"""
+from __future__ import annotations
+
+import fnmatch
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+from torch.distributions import constraints
+from torch.func import functional_call, vmap
+
+from . import likelihoods as _lik
+from . import priors as _priors
+from ._validation import check_inputs, check_positive_int, check_same_length
+from .prediction import Prediction
+
+__all__ = ["BayesianNetwork", "LatentSite"]
+
+_uid_counter = itertools.count()
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+Selector = Union[None, str, type, nn.Module, Callable, Sequence]
+
+DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of activations per predictive chunk
+
+
+@dataclass
+class LatentSite:
+    """One latent variable of a :class:`BayesianNetwork`.
+
+    Attributes:
+        name: the Pyro sample-site name.
+        shape: the value's shape (without sample dimensions).
+        support: the distribution's support (``real`` for weights).
+        prior: the prior distribution (event shape == ``shape``).
+        param: the network parameter it replaces, or ``None`` for a likelihood latent.
+        latent: the likelihood's short name for it (``"sigma"``), or ``None``.
+        gaussian: ``(loc, scale)`` scalars of an i.i.d. Gaussian prior, else ``None``.
+    """
+
+    name: str
+    shape: torch.Size
+    support: constraints.Constraint
+    prior: dist.TorchDistribution
+    param: Optional[str] = None
+    latent: Optional[str] = None
+    gaussian: Optional[Tuple[float, float]] = None
+
+    @property
+    def numel(self) -> int:
+        return int(math.prod(self.shape))
+
+
+class BayesianNetwork(nn.Module):
+    r"""Turn a torch network into a Bayesian one: a Pyro model with priors over
+    (some of) its parameters.
+
+    Args:
+        net: any :class:`torch.nn.Module` mapping inputs ``(N, ...)`` to outputs
+            ``(N, k)``.
+        prior: a :class:`pyrobdl.priors.Prior` (default i.i.d. ``Normal(0, 1)``).
+        likelihood: a :class:`pyrobdl.likelihoods.Likelihood` (default
+            ``Gaussian()`` with a learned noise scale).
+        bayesian: which parameters get a prior. ``None`` (default): every
+            parameter except those of normalisation layers (BatchNorm, LayerNorm,
+            GroupNorm), which stay deterministic point estimates; ``"all"``: every
+            parameter; ``"last"``: the parameters of the last module that has
+            any; otherwise a glob pattern on parameter names (``"head.*"``,
+            ``"2.weight"``), a module type (``nn.Linear``), a module instance,
+            a callable ``(name, param, module) -> bool``, or a list of these
+            (a parameter is selected when any entry matches).
+        name: prefix for the Pyro site names (use different names when one Pyro
+            model contains two networks). Sites are named after the
+            parameters, e.g. ``"0.weight"``, or ``"enc.0.weight"`` with ``name="enc"``.
+
+    Example::
+
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods
+        >>> net = nn.Sequential(nn.Linear(1, 20), nn.Tanh(), nn.Linear(20, 1))
+        >>> model = BayesianNetwork(net, prior=priors.Normal(0.0, 1.0), likelihood=likelihoods.Gaussian())
+        >>> sorted(model.site_names)
+        ['0.bias', '0.weight', '2.bias', '2.weight', 'sigma']
+        >>> trace = pyro.poutine.trace(model).get_trace(torch.randn(5, 1), torch.randn(5))
+        >>> trace.nodes["obs"]["value"].shape
+        torch.Size([5])
+
+    References:
+        R. M. Neal, *Bayesian Learning for Neural Networks* (1996);
+        C. Blundell et al., *Weight Uncertainty in Neural Networks* (ICML 2015).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        prior: Optional[_priors.Prior] = None,
+        likelihood: Optional[_lik.Likelihood] = None,
+        bayesian: Selector = None,
+        name: str = "",
+    ):
+        super().__init__()
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        if prior is None:
+            prior = _priors.Normal(0.0, 1.0)
+        if not isinstance(prior, _priors.Prior):
+            raise TypeError(
+                f"prior must be a pyrobdl.priors.Prior (e.g. priors.Normal(0, 1)), got {type(prior).__name__}"
+            )
+        if likelihood is None:
+            likelihood = _lik.Gaussian()
+        if not isinstance(likelihood, _lik.Likelihood):
+            raise TypeError(
+                "likelihood must be a pyrobdl.likelihoods.Likelihood (e.g. likelihoods.Gaussian()), "
+                f"got {type(likelihood).__name__}"
+            )
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a string, got {type(name).__name__}")
+        self.net = net
+        self.prior = prior
+        self.likelihood = likelihood
+        self.name = name
+        self._uid = f"pyrobdl.{name or 'bnn'}.{next(_uid_counter)}"
+        self._selector = bayesian
+
+        owners: Dict[str, nn.Module] = {}
+        for mname, module in net.named_modules():
+            for pname, _ in module.named_parameters(recurse=False):
+                owners[f"{mname}.{pname}" if mname else pname] = module
+        self._owners = owners
+        all_names = [n for n, _ in net.named_parameters()]
+        self._bayes_names: List[str] = [n for n in all_names if self._is_selected(n, bayesian)]
+        self._det_names: List[str] = [n for n in all_names if n not in set(self._bayes_names)]
+        if not self._bayes_names:
+            raise ValueError(
+                f"bayesian={bayesian!r} selects none of the network's parameters "
+                f"({', '.join(all_names[:6])}{'...' if len(all_names) > 6 else ''}); "
+                "select at least one, or use bayesian='all'"
+            )
+        pre = f"{name}." if name else ""
+        self._site_of = {p: pre + p for p in self._bayes_names}
+        self._latent_site_of = {k: pre + k for k in self.likelihood.latent_supports()}
+        self.obs_name = pre + "obs"
+        self.plate_name = pre + "data"
+        clash = set(self._site_of.values()) & (set(self._latent_site_of.values()) | {self.obs_name})
+        if clash:
+            raise ValueError(f"parameter names {sorted(clash)} clash with likelihood sites; rename them")
+        self._prior_cache: Dict[Tuple, Dict[str, LatentSite]] = {}
+
+    # ------------------------------------------------------------------ selection
+    def _is_selected(self, pname: str, sel: Selector) -> bool:
+        module = self._owners.get(pname)
+        if sel is None:
+            return not isinstance(module, _NORM_TYPES)
+        if isinstance(sel, str):
+            if sel == "all":
+                return True
+            if sel == "last":
+                last = [n for n in self._owners][-1]
+                return self._owners[pname] is self._owners[last]
+            mod_prefix = pname.rsplit(".", 1)[0] if "." in pname else ""
+            return fnmatch.fnmatchcase(pname, sel) or (mod_prefix != "" and fnmatch.fnmatchcase(mod_prefix, sel))
+        if isinstance(sel, type) and issubclass(sel, nn.Module):
+            return isinstance(module, sel)
+        if isinstance(sel, nn.Module):
+            return module is sel or any(module is m for m in sel.modules())
+        if callable(sel):
+            return bool(sel(pname, dict(self.net.named_parameters())[pname], module))
+        if isinstance(sel, (list, tuple, set)):
+            if len(sel) == 0:
+                return False
+            return any(self._is_selected(pname, s) for s in sel)
+        raise TypeError(
+            f"bayesian must be None, 'all', 'last', a name pattern, a module type or instance, "
+            f"a callable or a list of these; got {type(sel).__name__}"
+        )
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def bayesian_parameters(self) -> List[str]:
+        """Names of the network parameters that get a prior."""
+        return list(self._bayes_names)
+
+    @property
+    def deterministic_parameters(self) -> List[str]:
+        """Names of the network parameters kept as point estimates."""
+        return list(self._det_names)
+
+    @property
+    def site_names(self) -> List[str]:
+        """Pyro sample-site names of all latent variables, in model order."""
+        return list(self._site_of.values()) + list(self._latent_site_of.values())
+
+    @property
+    def num_bayesian_parameters(self) -> int:
+        return sum(p.numel() for n, p in self.net.named_parameters() if n in self._site_of)
+
+    def parameter_site(self, param_name: str) -> str:
+        return self._site_of[param_name]
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.net.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for p in self.net.parameters():
+            return p.dtype
+        return torch.get_default_dtype()
+
+    def latent_sites(self, *, device=None, dtype=None) -> Dict[str, LatentSite]:
+        """All latent variables with their priors, on ``device``/``dtype``
+        (default: the network's). Cached per device and dtype."""
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        key = (str(device), dtype)
+        if key not in self._prior_cache:
+            params = dict(self.net.named_parameters())
+            out: Dict[str, LatentSite] = {}
+            for pname in self._bayes_names:
+                p = params[pname]
+                ref = torch.empty(p.shape, device=device, dtype=dtype)
+                module = self._owners[pname]
+                prior = self.prior.distribution(pname, ref, module)
+                ls = self.prior.loc_scale(pname, ref, module)
+                out[self._site_of[pname]] = LatentSite(
+                    name=self._site_of[pname], shape=p.shape, support=prior.support,
+                    prior=prior, param=pname, gaussian=ls,
+                )
+            lat_priors = self.likelihood.latent_priors(dtype=dtype, device=device)
+            for short, site in self._latent_site_of.items():
+                pr = lat_priors[short]
+                out[site] = LatentSite(
+                    name=site, shape=torch.Size(pr.event_shape), support=pr.support,
+                    prior=pr, latent=short,
+                )
+            self._prior_cache[key] = out
+        return self._prior_cache[key]
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.cuda()/.double() invalidate cached priors
+        self._prior_cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------ functional core
+    def apply(self, params: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Run the network with the given values of its Bayesian parameters.
+
+        Args:
+            params: network-parameter name -> value. Values may carry the same
+                leading batch shape ``B`` (e.g. posterior samples); the net then
+                runs once per batch element in one vectorised pass.
+            x: inputs ``(N, ...)``, shared by all batch elements.
+
+        Returns:
+            outputs of shape ``B + (N, k)``.
+        """
+        named = dict(self.net.named_parameters())
+        batch_shape = None
+        for pname, v in params.items():
+            pshape = named[pname].shape
+            bs = v.shape[: v.dim() - len(pshape)]
+            if v.shape[len(bs):] != pshape:
+                raise ValueError(
+                    f"value for {pname!r} has shape {tuple(v.shape)}, expected (..., {', '.join(map(str, pshape))})"
+                )
+            if batch_shape is None:
+                batch_shape = bs
+            elif bs != batch_shape:
+                # broadcast: expand to the common batch shape
+                batch_shape = torch.broadcast_shapes(batch_shape, bs)
+        if not batch_shape:
+            return functional_call(self.net, params, (x,), strict=False)
+        B = math.prod(batch_shape)
+        flat = {
+            k: v.expand(batch_shape + named[k].shape).reshape((B,) + named[k].shape)
+            for k, v in params.items()
+        }
+
+        def one(p):
+            return functional_call(self.net, p, (x,), strict=False)
+
+        out = vmap(one, in_dims=(0,), randomness="different")(flat)
+        return out.reshape(batch_shape + out.shape[1:])
+
+    def split_values(self, values: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """Split site-name -> value into (network parameters, likelihood latents)."""
+        params, lats = {}, {}
+        for pname, site in self._site_of.items():
+            params[pname] = values[site]
+        for short, site in self._latent_site_of.items():
+            lats[short] = values[site]
+        return params, lats
+
+    def log_prior(self, values: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """:math:`\\log p(\\theta) + \\log p(\\eta)` for site values with any leading batch shape."""
+        sites = self.latent_sites(device=next(iter(values.values())).device)
+        total = 0.0
+        for name, site in sites.items():
+            total = total + site.prior.log_prob(values[name])
+        return total
+
+    def log_likelihood(
+        self,
+        values: Dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        pointwise: bool = False,
+        out: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Log-likelihood of targets ``y`` (already checked by
+        :meth:`check_data`) under site values with leading batch shape ``B``.
+
+        Returns shape ``B + (N,)`` if ``pointwise`` else ``B``.
+        """
+        params, lats = self.split_values(values)
+        if out is None:
+            out = self.apply(params, x)
+        lp = self.likelihood.log_prob(out, y, lats)
+        return lp if pointwise else lp.sum(-1)
+
+    def check_data(self, x, y=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Validate inputs and targets; return them as tensors on the network's
+        device with targets shaped as the likelihood scores them."""
+        x = check_inputs(x, "x")
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        if y is None:
+            return x, None
+        y_t = torch.as_tensor(y) if not isinstance(y, torch.Tensor) else y
+        if y_t.dim() == 0:
+            raise ValueError("y must have one row per input, got a scalar")
+        check_same_length(x, y_t)
+        with torch.no_grad():
+            named = dict(self.net.named_parameters())
+            probe = self.apply({k: named[k].detach() for k in self._bayes_names}, x[:2].to(self.device))
+        self.likelihood.check_output(probe)
+        y_t = self.likelihood.check_target(y_t, probe)
+        if y_t.is_floating_point() and y_t.dtype != self.dtype:
+            y_t = y_t.to(self.dtype)
+        return x, y_t
+
+    # ------------------------------------------------------------------ the Pyro model
+    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, num_data: Optional[int] = None):
+        """The Pyro model. Returns the network output ``f_θ(x)``."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        sites = self.latent_sites(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
+        params = {}
+        for pname, site in self._site_of.items():
+            params[pname] = pyro.sample(site, sites[site].prior)
+        for pname in self._det_names:
+            params[pname] = pyro.param(f"{self._uid}${pname}", dict(self.net.named_parameters())[pname])
+        lats = {short: pyro.sample(site, sites[site].prior) for short, site in self._latent_site_of.items()}
+        out = self.apply(params, x)
+        self.likelihood.check_output(out)
+        B = x.shape[0]
+        if y is not None:
+            check_same_length(x, y)
+            y = self.likelihood.check_target(y, out)
+            if y.is_floating_point() and y.dtype != out.dtype:
+                y = y.to(out.dtype)
+        N = B if num_data is None else check_positive_int(num_data, "num_data")
+        if N < B:
+            raise ValueError(f"num_data={N} is smaller than the batch ({B} rows); pass the full dataset size")
+        with pyro.plate(self.plate_name, N, subsample_size=B, dim=-1):
+            pyro.sample(self.obs_name, self.likelihood.dist(out, lats), obs=y)
+        return out
+
+    # ------------------------------------------------------------------ prediction
+    def _bytes_per_row(self, x: torch.Tensor) -> int:
+        """Activation bytes one input row costs for one weight sample (measured
+        with forward hooks on a one-row pass)."""
+        total = [0]
+
+        def hook(_m, _i, o):
+            if isinstance(o, torch.Tensor):
+                total[0] += o.numel() * o.element_size()
+
+        handles = [m.register_forward_hook(hook) for m in self.net.modules() if next(m.children(), None) is None]
+        try:
+            with torch.no_grad():
+                self.net(x[:1])
+        finally:
+            for h in handles:
+                h.remove()
+        return max(total[0], x[:1].numel() * x.element_size())
+
+    def predict_from_samples(
+        self,
+        x: torch.Tensor,
+        samples: Dict[str, torch.Tensor],
+        *,
+        chunk_size: Optional[int] = None,
+        max_memory: Optional[int] = None,
+    ) -> Prediction:
+        """Push posterior samples through the network in batched, chunked passes.
+
+        Args:
+            x: inputs ``(N, ...)``.
+            samples: site name -> values ``(S, *shape)`` for every latent site.
+            chunk_size: samples per batched pass; default: as many as fit in
+                ``max_memory``.
+            max_memory: bound in bytes on the activations of one pass
+                (default 512 MiB). Inputs are chunked too when one sample over
+                all inputs exceeds it.
+
+        Returns:
+            the likelihood's prediction object.
+        """
+        params, lats = self.split_values(samples)
+        S = next(iter(samples.values())).shape[0]
+        N = x.shape[0]
+        max_memory = DEFAULT_MAX_MEMORY if max_memory is None else check_positive_int(max_memory, "max_memory")
+        per_row = self._bytes_per_row(x)
+        if chunk_size is None:
+            chunk_size = max(1, min(S, max_memory // max(per_row * N, 1)))
+        else:
+            chunk_size = check_positive_int(chunk_size, "chunk_size")
+        rows = N if per_row * N * chunk_size <= max_memory else max(1, max_memory // (per_row * chunk_size))
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                outs = []
+                for s0 in range(0, S, chunk_size):
+                    p_chunk = {k: v[s0 : s0 + chunk_size] for k, v in params.items()}
+                    if rows >= N:
+                        outs.append(self.apply(p_chunk, x))
+                    else:
+                        outs.append(torch.cat([self.apply(p_chunk, x[r : r + rows]) for r in range(0, N, rows)], -2))
+                out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+        finally:
+            self.net.train(was_training)
+        return self.likelihood.prediction(out, lats)
+
+    def extra_repr(self) -> str:
+        return (
+            f"prior={self.prior!r}, likelihood={self.likelihood!r}, "
+            f"bayesian={len(self._bayes_names)} tensors / {self.num_bayesian_parameters} weights"
+        )

@@ -1,0 +1,359 @@
+r"""Prediction objects: one interface for every inference method.
+
+Every posterior in pyrobdl (SVI, MCMC, MC dropout, deep ensembles) answers
+``posterior.predict(x, num_samples=S)`` with one of the classes below. They hold
+the *sampled likelihood parameters* -- one set per posterior sample, dropout
+mask or ensemble member -- and derive every summary from them, so that methods
+are compared on equal terms.
+
+Regression (a mixture of Gaussians, one component per sample :math:`s`):
+
+.. math::
+
+    p(y \mid x) \approx \frac{1}{S} \sum_{s=1}^S \mathcal N\big(y;\ \mu_s(x),\ \sigma_s^2(x)\big),
+    \qquad
+    \mu^* = \frac1S\sum_s \mu_s,\qquad
+    \sigma^{*2} = \underbrace{\frac1S\sum_s \sigma_s^2}_{\text{aleatoric}}
+    + \underbrace{\frac1S\sum_s (\mu_s-\mu^*)^2}_{\text{epistemic}}
+
+(the law of total variance; Lakshminarayanan et al., 2017; Kendall & Gal, 2017).
+
+Classification (one probability vector per sample):
+
+.. math::
+
+    \bar p = \frac1S\sum_s p_s,\qquad
+    \underbrace{H[\bar p]}_{\text{predictive entropy}} =
+    \underbrace{\frac1S\sum_s H[p_s]}_{\text{expected entropy (aleatoric)}} +
+    \underbrace{I[y, \theta]}_{\text{mutual information (epistemic)}}
+
+(Houlsby et al., 2011, "BALD"; Gal, 2016).
+
+Both: :meth:`Prediction.log_prob` is the per-point log predictive density
+:math:`\log \frac1S\sum_s p(y\mid x,\theta_s)`, computed with ``logsumexp``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+
+__all__ = ["Prediction", "RegressionPrediction", "ClassificationPrediction"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) over the last dim; 0·log 0 = 0."""
+    return -(torch.special.xlogy(probs, probs)).sum(-1)
+
+
+class Prediction:
+    """Base class of prediction objects.
+
+    Attributes:
+        samples: dict of sampled likelihood parameters, each with a leading
+            sample dimension of size :attr:`num_samples`.
+    """
+
+    samples: Dict[str, torch.Tensor]
+
+    @property
+    def num_samples(self) -> int:
+        return next(iter(self.samples.values())).shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.samples.values())).device
+
+    def log_prob(self, y) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to(self, device) -> "Prediction":
+        """A copy with every tensor on ``device``."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.samples = {k: v.to(device) for k, v in self.samples.items()}
+        return new
+
+    def cpu(self) -> "Prediction":
+        return self.to("cpu")
+
+    def _as_target(self, y, *, dtype=None) -> torch.Tensor:
+        y = torch.as_tensor(y, device=self.device)
+        if dtype is not None:
+            y = y.to(dtype)
+        return y
+
+
+class RegressionPrediction(Prediction):
+    r"""Predictive distribution of a regression model: an equal-weight
+    mixture of Gaussians :math:`\frac1S\sum_s \mathcal N(\mu_s, \sigma_s^2)`.
+
+    Args:
+        loc: sampled means, shape ``(S, N, *event)``.
+        scale: sampled noise standard deviations, same shape as ``loc`` (or
+            broadcastable to it).
+
+    Example::
+
+        pred = posterior.predict(x_test, num_samples=100)
+        pred.mean, pred.std, pred.epistemic_variance, pred.aleatoric_variance
+        lo, hi = pred.interval(0.9)
+        lpd = pred.log_prob(y_test)         # (N,) log predictive densities
+    """
+
+    task = "regression"
+
+    def __init__(self, loc: torch.Tensor, scale: torch.Tensor):
+        if loc.dim() < 2:
+            raise ValueError(
+                f"loc must have shape (num_samples, N, ...), got {tuple(loc.shape)}"
+            )
+        scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device).expand_as(loc)
+        self.samples = {"loc": loc, "scale": scale}
+
+    # -- moments -----------------------------------------------------------
+    @property
+    def loc_samples(self) -> torch.Tensor:
+        return self.samples["loc"]
+
+    @property
+    def scale_samples(self) -> torch.Tensor:
+        return self.samples["scale"]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        r""":math:`\mu^* = \frac1S\sum_s\mu_s`."""
+        return self.loc_samples.mean(0)
+
+    @property
+    def epistemic_variance(self) -> torch.Tensor:
+        r"""Variance of the sampled means, :math:`\frac1S\sum_s(\mu_s-\mu^*)^2`."""
+        return self.loc_samples.var(0, unbiased=False)
+
+    @property
+    def aleatoric_variance(self) -> torch.Tensor:
+        r"""Mean of the sampled noise variances, :math:`\frac1S\sum_s\sigma_s^2`."""
+        return self.scale_samples.pow(2).mean(0)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        r"""Total predictive variance :math:`\frac1S\sum_s(\sigma_s^2+\mu_s^2)-\mu^{*2}`."""
+        return self.epistemic_variance + self.aleatoric_variance
+
+    @property
+    def std(self) -> torch.Tensor:
+        return self.variance.sqrt()
+
+    @property
+    def epistemic_std(self) -> torch.Tensor:
+        return self.epistemic_variance.sqrt()
+
+    @property
+    def aleatoric_std(self) -> torch.Tensor:
+        return self.aleatoric_variance.sqrt()
+
+    # -- distribution ------------------------------------------------------
+    def _check_y(self, y) -> torch.Tensor:
+        y = self._as_target(y, dtype=self.loc_samples.dtype)
+        target_shape = self.loc_samples.shape[1:]
+        if y.shape != target_shape:
+            if y.numel() == math.prod(target_shape) and (
+                y.dim() == len(target_shape) + 1 and y.shape[-1] == 1
+                or y.dim() + 1 == len(target_shape) and target_shape[-1] == 1
+            ):
+                y = y.reshape(target_shape)
+            else:
+                raise ValueError(
+                    f"y has shape {tuple(y.shape)} but the prediction is for targets of "
+                    f"shape {tuple(target_shape)}; pass one target per predicted point"
+                )
+        if not torch.isfinite(y).all():
+            raise ValueError("y contains NaN or inf; remove or impute those targets")
+        return y
+
+    def log_prob(self, y) -> torch.Tensor:
+        r"""Per-point log predictive density
+        :math:`\log\frac1S\sum_s \prod_d \mathcal N(y_d;\mu_{s,d},\sigma_{s,d}^2)`, shape ``(N,)``."""
+        y = self._check_y(y)
+        loc, scale = self.loc_samples, self.scale_samples
+        lp = -0.5 * ((y - loc) / scale).pow(2) - scale.log() - 0.5 * _LOG_2PI
+        lp = lp.reshape(lp.shape[0], lp.shape[1], -1).sum(-1)
+        return torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+
+    def cdf(self, y) -> torch.Tensor:
+        r"""Mixture CDF :math:`\frac1S\sum_s\Phi((y-\mu_s)/\sigma_s)`, elementwise."""
+        y = self._check_y(y)
+        return self._cdf(y)
+
+    def _cdf(self, y: torch.Tensor) -> torch.Tensor:
+        z = (y - self.loc_samples) / self.scale_samples
+        return torch.special.ndtr(z).mean(0)
+
+    def quantile(self, q) -> torch.Tensor:
+        """Elementwise quantile of the mixture, found by bisection on :meth:`cdf`.
+
+        Args:
+            q: a probability in (0, 1) or a 1-D tensor of them; a tensor gives a
+               result with that leading dimension.
+        """
+        q_t = torch.as_tensor(q, dtype=self.loc_samples.dtype, device=self.device)
+        if not ((q_t > 0) & (q_t < 1)).all():
+            raise ValueError(f"q must lie strictly between 0 and 1, got {q}")
+        if q_t.dim() == 1:
+            return torch.stack([self.quantile(float(qi)) for qi in q_t])
+        loc, scale = self.loc_samples, self.scale_samples
+        lo = (loc - 12 * scale).min(0).values
+        hi = (loc + 12 * scale).max(0).values
+        # 60 halvings reach float64 resolution of the bracket.
+        for _ in range(60 if loc.dtype == torch.float64 else 40):
+            mid = 0.5 * (lo + hi)
+            below = self._cdf(mid) < q_t
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
+    def interval(self, level: float = 0.9) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Central predictive interval holding ``level`` of the mixture's mass."""
+        if not 0 < float(level) < 1:
+            raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+        a = (1 - float(level)) / 2
+        return self.quantile(a), self.quantile(1 - a)
+
+    def sample(self, num_samples: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draws of y from the predictive mixture, shape ``(num_samples, N, *event)``."""
+        S = self.num_samples
+        idx = torch.randint(S, (num_samples,), device=self.device, generator=generator)
+        loc, scale = self.loc_samples[idx], self.scale_samples[idx]
+        eps = torch.randn(loc.shape, device=self.device, dtype=loc.dtype, generator=generator)
+        return loc + scale * eps
+
+    def __repr__(self) -> str:
+        return f"RegressionPrediction(num_samples={self.num_samples}, shape={tuple(self.loc_samples.shape[1:])})"
+
+
+class ClassificationPrediction(Prediction):
+    r"""Predictive distribution of a classifier: the average of sampled
+    probability vectors, with the entropy decomposition into aleatoric and
+    epistemic parts.
+
+    Args:
+        probs: sampled class probabilities, shape ``(S, N, *event, C)``; each
+            vector sums to one. Binary (Bernoulli) models use ``C = 2``.
+
+    Example::
+
+        pred = posterior.predict(x_test, num_samples=100)
+        pred.probs                    # (N, C) mean of the sampled softmax
+        pred.predictive_entropy       # total uncertainty
+        pred.expected_entropy         # aleatoric part
+        pred.mutual_information       # epistemic part (BALD)
+    """
+
+    task = "classification"
+
+    def __init__(self, probs: torch.Tensor):
+        if probs.dim() < 3:
+            raise ValueError(
+                f"probs must have shape (num_samples, N, ..., C), got {tuple(probs.shape)}"
+            )
+        self.samples = {"probs": probs}
+
+    @property
+    def probs_samples(self) -> torch.Tensor:
+        return self.samples["probs"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.probs_samples.shape[-1]
+
+    @property
+    def probs(self) -> torch.Tensor:
+        r""":math:`\bar p = \frac1S\sum_s p_s`."""
+        return self.probs_samples.mean(0)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Same as :attr:`probs`."""
+        return self.probs
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        """The most probable class under :attr:`probs`."""
+        return self.probs.argmax(-1)
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """Top-label probability ``probs.max(-1)``."""
+        return self.probs.max(-1).values
+
+    max_prob = confidence
+
+    @property
+    def predictive_entropy(self) -> torch.Tensor:
+        r""":math:`H[\bar p]` (total uncertainty, nats)."""
+        return _entropy(self.probs)
+
+    @property
+    def expected_entropy(self) -> torch.Tensor:
+        r""":math:`\frac1S\sum_s H[p_s]` (aleatoric part, nats)."""
+        return _entropy(self.probs_samples).mean(0)
+
+    @property
+    def mutual_information(self) -> torch.Tensor:
+        r""":math:`H[\bar p] - \frac1S\sum_s H[p_s]` (epistemic part, nats; clamped at 0)."""
+        return (self.predictive_entropy - self.expected_entropy).clamp_min(0.0)
+
+    # Regression-style aliases so one plotting/metric path can treat both tasks.
+    @property
+    def aleatoric_uncertainty(self) -> torch.Tensor:
+        return self.expected_entropy
+
+    @property
+    def epistemic_uncertainty(self) -> torch.Tensor:
+        return self.mutual_information
+
+    def _check_labels(self, y) -> torch.Tensor:
+        y = self._as_target(y)
+        if y.is_floating_point():
+            if not torch.equal(y, y.round()):
+                raise TypeError("class labels must be integers; got non-integer floats")
+            y = y.long()
+        y = y.long()
+        target_shape = self.probs_samples.shape[1:-1]
+        if y.shape != target_shape:
+            if y.numel() == math.prod(target_shape):
+                y = y.reshape(target_shape)
+            else:
+                raise ValueError(
+                    f"labels have shape {tuple(y.shape)} but the prediction is for "
+                    f"{tuple(target_shape)}; pass one label per predicted point"
+                )
+        C = self.num_classes
+        if y.numel() and (y.min() < 0 or y.max() >= C):
+            raise ValueError(f"labels must lie in [0, {C}); got values in [{int(y.min())}, {int(y.max())}]")
+        return y
+
+    def log_prob(self, y) -> torch.Tensor:
+        r"""Per-point log predictive probability :math:`\log\frac1S\sum_s p_s[y]`, shape ``(N,)``."""
+        y = self._check_labels(y)
+        p = self.probs_samples
+        idx = y.unsqueeze(0).unsqueeze(-1).expand(*p.shape[:-1], 1)
+        lp = p.gather(-1, idx).squeeze(-1).clamp_min(torch.finfo(p.dtype).tiny).log()
+        lp = lp.reshape(lp.shape[0], lp.shape[1], -1).sum(-1)
+        return torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+
+    def sample(self, num_samples: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draws of labels from the predictive, shape ``(num_samples, N, *event)``."""
+        p = self.probs
+        flat = p.reshape(-1, p.shape[-1])
+        draws = torch.multinomial(flat, num_samples, replacement=True, generator=generator)
+        return draws.T.reshape(num_samples, *p.shape[:-1])
+
+    def __repr__(self) -> str:
+        return (
+            f"ClassificationPrediction(num_samples={self.num_samples}, "
+            f"shape={tuple(self.probs_samples.shape[1:-1])}, num_classes={self.num_classes})"
+        )

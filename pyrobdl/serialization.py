@@ -1,0 +1,183 @@
+"""Saving and loading posteriors as plain state dicts.
+
+A saved file holds only tensors and plain Python data (dicts, lists, strings,
+numbers), written with :func:`torch.save` and read with
+``torch.load(weights_only=True)``, so a crafted file cannot run code on load.
+
+The network's architecture is stored as a spec when it is built from standard
+``torch.nn`` layers (``nn.Sequential`` of Linear, Conv, activations, Dropout,
+Flatten, normalisation and pooling layers). For any other network, pass the
+model to :func:`load`: ``pyrobdl.load(path, model=BayesianNetwork(MyNet(), ...))``.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from . import __version__
+from . import likelihoods as _lik
+from . import priors as _priors
+from .network import BayesianNetwork
+
+__all__ = ["save", "load"]
+
+FORMAT = "pyrobdl-posterior"
+FORMAT_VERSION = 1
+
+# layer type -> constructor argument names read back from attributes
+_LAYERS: Dict[str, tuple] = {
+    "Linear": ("in_features", "out_features", "bias"),
+    "Conv1d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode"),
+    "Conv2d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode"),
+    "Conv3d": ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias", "padding_mode"),
+    "BatchNorm1d": ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+    "BatchNorm2d": ("num_features", "eps", "momentum", "affine", "track_running_stats"),
+    "LayerNorm": ("normalized_shape", "eps", "elementwise_affine"),
+    "Dropout": ("p",),
+    "Dropout2d": ("p",),
+    "Flatten": ("start_dim", "end_dim"),
+    "MaxPool2d": ("kernel_size", "stride", "padding"),
+    "AvgPool2d": ("kernel_size", "stride", "padding"),
+    "AdaptiveAvgPool2d": ("output_size",),
+    "LeakyReLU": ("negative_slope",),
+    "ELU": ("alpha",),
+    "Softplus": ("beta", "threshold"),
+    "ReLU": (),
+    "Tanh": (),
+    "Sigmoid": (),
+    "GELU": (),
+    "SiLU": (),
+    "Identity": (),
+}
+
+
+def _plain(v):
+    if isinstance(v, tuple):
+        return list(v)
+    if isinstance(v, torch.Tensor):  # bias attribute of Linear is a Parameter
+        return True
+    return v
+
+
+def net_to_spec(net: nn.Module) -> Optional[dict]:
+    """Plain-data architecture of a network of standard layers, or ``None``."""
+    t = type(net).__name__
+    if type(net) is nn.Sequential:
+        children = [net_to_spec(m) for m in net]
+        if any(c is None for c in children):
+            return None
+        return {"type": "Sequential", "children": children}
+    if t in _LAYERS and type(net).__module__.startswith("torch.nn"):
+        args = {}
+        for a in _LAYERS[t]:
+            v = getattr(net, a)
+            if a == "bias":
+                v = v is not None and v is not False
+            args[a] = _plain(v)
+        return {"type": t, "args": args}
+    return None
+
+
+def spec_to_net(spec: dict) -> nn.Module:
+    t = spec["type"]
+    if t == "Sequential":
+        return nn.Sequential(*[spec_to_net(c) for c in spec["children"]])
+    if t not in _LAYERS:
+        raise ValueError(f"unknown layer type {t!r} in saved file")
+    args = {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec["args"].items()}
+    return getattr(nn, t)(**args)
+
+
+def model_config(model: BayesianNetwork) -> dict:
+    return {
+        "prior": model.prior.to_config(),
+        "likelihood": model.likelihood.to_config(),
+        "bayesian": list(model.bayesian_parameters),
+        "name": model.name,
+        "net_spec": net_to_spec(model.net),
+    }
+
+
+def save_posterior(posterior, path) -> None:
+    model = posterior.model
+    state = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "pyrobdl_version": __version__,
+        "method": posterior.method,
+        "posterior_class": type(posterior).__name__,
+        "model": model_config(model),
+        "net_state": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
+        "posterior": posterior._state(),
+    }
+    torch.save(state, path)
+
+
+def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
+    """Load a posterior saved with ``posterior.save(path)``.
+
+    Args:
+        path: the file.
+        model: a :class:`~pyrobdl.BayesianNetwork` with the same architecture,
+            required when the network is not a plain stack of standard layers.
+            Its weights are overwritten by the saved ones.
+        map_location: device to load onto (default CPU).
+
+    Returns:
+        the posterior, predicting exactly as it did when saved.
+
+    Raises:
+        ValueError: the file is not a pyrobdl posterior, is corrupt, or holds
+            objects that would run code when unpickled (refused).
+    """
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    try:
+        state = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"refused to load {path!r}: it is not a plain pyrobdl state file (it holds objects that "
+            f"would run code when unpickled, and pyrobdl only loads with weights_only=True). Details: {e}"
+        ) from None
+    except Exception as e:  # zip/pickle corruption of all kinds
+        raise ValueError(f"could not read {path!r} as a pyrobdl posterior file (corrupt or not a torch file): {e}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path!r} is not a pyrobdl posterior file (saved with posterior.save)")
+    if state.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} was written by a newer pyrobdl (format {state['format_version']}); upgrade pyrobdl to load it"
+        )
+    from .inference.base import _POSTERIORS
+
+    cfg = state["model"]
+    if model is None:
+        if cfg.get("net_spec") is None:
+            raise ValueError(
+                f"{path!r} holds a custom network whose architecture cannot be stored as data; "
+                "pass the model: pyrobdl.load(path, model=BayesianNetwork(MyNet(), prior=..., likelihood=...))"
+            )
+        net = spec_to_net(cfg["net_spec"])
+        model = BayesianNetwork(
+            net,
+            prior=_priors.prior_from_config(cfg["prior"]),
+            likelihood=_lik.get_likelihood(cfg["likelihood"]),
+            bayesian=cfg["bayesian"],
+            name=cfg["name"],
+        )
+    elif not isinstance(model, BayesianNetwork):
+        raise TypeError(f"model must be a pyrobdl.BayesianNetwork, got {type(model).__name__}")
+    try:
+        model.net.load_state_dict(state["net_state"])
+    except RuntimeError as e:
+        raise ValueError(f"the saved weights do not fit the given model's network: {e}") from None
+    if map_location is not None:
+        model.to(map_location)
+    cls = _POSTERIORS.get(state["method"])
+    if cls is None:
+        raise ValueError(f"{path!r} holds a posterior of unknown method {state['method']!r}")
+    return cls._from_state(model, state["posterior"])
