@@ -40,6 +40,8 @@ __all__ = [
     "Categorical",
     "Bernoulli",
     "get_likelihood",
+    "CategoricalLogitNoise",
+    "HeteroscedasticCategorical",
 ]
 
 _LIKELIHOODS: Dict[str, type] = {}
@@ -391,3 +393,197 @@ def get_likelihood(cfg) -> Likelihood:
 def register_likelihood(cls):
     """Class decorator: make a custom likelihood loadable by :func:`pyrobdl.load`."""
     return _register(cls)
+
+
+from ._validation import check_positive_int as _check_positive_int  # noqa: E402
+
+
+@register_likelihood
+class CategoricalLogitNoise(Likelihood):
+    r"""Softmax classification with learned, input-dependent logit noise
+    (aleatoric uncertainty for classification; Kendall & Gal, 2017, Sec. 3.3).
+
+    The network outputs :math:`C` logits :math:`f(x)` and log-variances
+    :math:`s(x) = \log\sigma^2(x)` (:math:`C` of them, one per logit, as in
+    Kendall & Gal; or one shared by all logits with ``shared_variance=True``),
+    i.e. :math:`2C` (or :math:`C+1`) outputs. The logits are distorted by
+    Gaussian noise and the likelihood is the softmax averaged over the noise,
+    estimated with :math:`T` Monte Carlo draws:
+
+    .. math::
+
+        \hat f_t = f(x) + \sigma(x)\circ\varepsilon_t,\quad \varepsilon_t\sim\mathcal N(0, I),\qquad
+        p(y = c\mid x) \approx \frac1T\sum_{t=1}^T \mathrm{softmax}(\hat f_t)_c,
+
+    so :math:`\log p(y\mid x) = \operatorname{logsumexp}_t \log\mathrm{softmax}(\hat f_t)_y - \log T`.
+    The noise is reparameterised, so gradients reach both :math:`f` and
+    :math:`\sigma`; the network learns a large :math:`\sigma(x)` where the labels
+    are noisy.
+
+    Predictions (:class:`~pyrobdl.prediction.ClassificationPrediction`) hold,
+    per posterior sample (weight draw, dropout mask or ensemble member), the
+    noise-averaged probabilities. The expected entropy over samples therefore
+    contains the logit noise (aleatoric), and the mutual information between
+    label and sample measures only the disagreement of the samples (epistemic).
+
+    Common random numbers: with ``fixed_noise=True`` (default) the draws
+    :math:`\varepsilon_{t,n}` come from a generator seeded with ``noise_seed``
+    and depend only on ``(T, N, C)`` and the row index :math:`n`, so the
+    log-likelihood is a deterministic function of the network output. HMC/NUTS
+    need this (their potential energy must be deterministic); VI, MC dropout
+    and ensembles work with either setting (minibatch shuffling already varies
+    the noise seen by each example). ``fixed_noise=False`` draws fresh noise
+    at every call, independently for every sample dimension.
+
+    Args:
+        num_draws: :math:`T`, Monte Carlo draws of the distorted logits.
+        shared_variance: one log-variance for all logits (:math:`C+1`
+            outputs) instead of one per logit (:math:`2C` outputs).
+        fixed_noise: reuse the same seeded noise at every call (see above).
+        noise_seed: seed of the fixed noise.
+        min_log_variance, max_log_variance: clamp of the predicted
+            log-variance, for numerical safety.
+
+    Example::
+
+        net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 2 * 3))   # 3 classes
+        model = BayesianNetwork(net, likelihood=likelihoods.CategoricalLogitNoise(num_draws=50))
+        pred = pyrobdl.fit(model, x, y, method="ensemble").predict(x_test)
+        pred.expected_entropy, pred.mutual_information   # aleatoric, epistemic
+
+    References:
+        A. Kendall and Y. Gal, *What Uncertainties Do We Need in Bayesian Deep
+        Learning for Computer Vision?* (NeurIPS 2017), Eq. 12.
+    """
+
+    task = "classification"
+    #: elements of one batch of distorted logits (T * rows * C) before chunking
+    _chunk_elements = 2**24
+
+    def __init__(
+        self,
+        *,
+        num_draws: int = 50,
+        shared_variance: bool = False,
+        fixed_noise: bool = True,
+        noise_seed: int = 0,
+        min_log_variance: float = -20.0,
+        max_log_variance: float = 10.0,
+    ):
+        self.num_draws = _check_positive_int(num_draws, "num_draws")
+        self.shared_variance = bool(shared_variance)
+        self.fixed_noise = bool(fixed_noise)
+        if isinstance(noise_seed, bool) or not isinstance(noise_seed, int):
+            raise TypeError(f"noise_seed must be an integer, got {noise_seed!r}")
+        self.noise_seed = int(noise_seed)
+        self.min_log_variance = float(min_log_variance)
+        self.max_log_variance = float(max_log_variance)
+        if not self.min_log_variance < self.max_log_variance:
+            raise ValueError(
+                f"min_log_variance ({min_log_variance}) must be smaller than max_log_variance ({max_log_variance})"
+            )
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether :meth:`log_prob` is a deterministic function of the output
+        (``fixed_noise=True``), as HMC/NUTS require."""
+        return self.fixed_noise
+
+    def num_classes(self, out: torch.Tensor) -> int:
+        """:math:`C` for a network output of width ``2C`` (or ``C + 1``)."""
+        k = out.shape[-1]
+        return k - 1 if self.shared_variance else k // 2
+
+    def event_shape(self, out):
+        return torch.Size(())
+
+    def check_output(self, out):
+        super().check_output(out)
+        k = out.shape[-1]
+        if self.shared_variance:
+            if k < 3:
+                raise ValueError(
+                    f"CategoricalLogitNoise(shared_variance=True) needs C logits + 1 log-variance "
+                    f"(at least 3 outputs), got {k}; give the last layer C + 1 outputs"
+                )
+        elif k < 4 or k % 2:
+            raise ValueError(
+                f"CategoricalLogitNoise needs C logits then C log-variances (2*C outputs, C >= 2), got {k}; "
+                "give the last layer 2*C outputs, or pass shared_variance=True for C + 1 outputs"
+            )
+
+    def check_target(self, y, out=None):
+        y = Categorical().check_target(y)
+        if out is not None:
+            self.check_output(out)
+            C = self.num_classes(out)
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
+                raise ValueError(
+                    f"class labels must lie in [0, {C}) for CategoricalLogitNoise with {out.shape[-1]} "
+                    f"outputs ({C} classes); got labels in [{int(y.min())}, {int(y.max())}]"
+                )
+        return y
+
+    def split(self, out: torch.Tensor):
+        """``(logits, std)`` of the output; ``std`` broadcasts against ``logits``."""
+        C = self.num_classes(out)
+        logits = out[..., :C]
+        log_var = out[..., C:].clamp(self.min_log_variance, self.max_log_variance)
+        return logits, (0.5 * log_var).exp()
+
+    def _noise(self, shape, ref: torch.Tensor) -> torch.Tensor:
+        if not self.fixed_noise:
+            return torch.randn(shape, dtype=ref.dtype, device=ref.device)
+        g = torch.Generator(device=ref.device)
+        g.manual_seed(self.noise_seed)
+        return torch.randn(shape, generator=g, dtype=ref.dtype, device=ref.device)
+
+    def log_probs(self, out: torch.Tensor) -> torch.Tensor:
+        r"""Log of the noise-averaged class probabilities,
+        :math:`\log\frac1T\sum_t\mathrm{softmax}(\hat f_t)`, shape ``out.shape[:-1] + (C,)``.
+
+        Leading dimensions are processed in chunks of at most about
+        ``2**24`` distorted-logit elements to bound memory."""
+        self.check_output(out)
+        logits, std = self.split(out)
+        T, C = self.num_draws, logits.shape[-1]
+        lead, rows = logits.shape[:-2], logits.shape[-2]
+        fixed = self._noise((T, rows, C), logits) if self.fixed_noise else None
+        flat_logits = logits.reshape((-1, rows, C))
+        flat_std = std.reshape((-1, rows, std.shape[-1]))
+        B = flat_logits.shape[0]
+        step = max(1, self._chunk_elements // max(T * rows * C, 1))
+        parts = []
+        for b0 in range(0, B, step):
+            lg, sd = flat_logits[b0 : b0 + step], flat_std[b0 : b0 + step]
+            eps = fixed.unsqueeze(1) if fixed is not None else self._noise((T,) + lg.shape, lg)
+            z = lg.unsqueeze(0) + sd.unsqueeze(0) * eps
+            parts.append(torch.logsumexp(torch.log_softmax(z, -1), 0) - math.log(T))
+        res = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+        return res.reshape(lead + (rows, C))
+
+    def dist(self, out, latents):
+        return dist.Categorical(logits=self.log_probs(out))
+
+    def log_prob(self, out, y, latents):
+        lp = self.log_probs(out)
+        return lp.gather(-1, y.expand(lp.shape[:-1]).unsqueeze(-1)).squeeze(-1)
+
+    def prediction(self, out, latents):
+        return ClassificationPrediction(probs=self.log_probs(out).exp())
+
+    def to_config(self):
+        return {
+            "type": "CategoricalLogitNoise",
+            "num_draws": self.num_draws,
+            "shared_variance": self.shared_variance,
+            "fixed_noise": self.fixed_noise,
+            "noise_seed": self.noise_seed,
+            "min_log_variance": self.min_log_variance,
+            "max_log_variance": self.max_log_variance,
+        }
+
+
+#: Alias of :class:`CategoricalLogitNoise` (the classification counterpart of
+#: :class:`HeteroscedasticGaussian`).
+HeteroscedasticCategorical = CategoricalLogitNoise

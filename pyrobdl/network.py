@@ -84,6 +84,18 @@ class LatentSite:
         return int(math.prod(self.shape))
 
 
+def _drop_data_dim(value: torch.Tensor, shape: torch.Size, site: str) -> torch.Tensor:
+    """Values sampled under outer plates (vectorised particles, ``Predictive(parallel=True)``)
+    carry batch dims laid out like the model's plates, whose rightmost (dim -1) is the data plate,
+    of size 1 for a global latent. Drop that dim so the batch dims line up with ``(..., N)``.
+    (Guides that return values with only the sample dim, e.g. ``AutoDelta`` under ``Predictive``,
+    are taken as they are.)"""
+    nb = value.dim() - len(shape)
+    if nb <= 0 or value.shape[nb - 1] != 1:
+        return value
+    return value.squeeze(nb - 1)
+
+
 class BayesianNetwork(nn.Module):
     r"""Turn a torch network into a Bayesian one: a Pyro model with priors over
     (some of) its parameters.
@@ -273,6 +285,16 @@ class BayesianNetwork(nn.Module):
             self._prior_cache[key] = out
         return self._prior_cache[key]
 
+    def fresh_copy(self) -> "BayesianNetwork":
+        """A deep copy with its own identity in Pyro's param store (what :meth:`fit`
+        methods train, so the user's model and earlier posteriors stay untouched)."""
+        import copy
+
+        new = copy.deepcopy(self)
+        new._uid = f"pyrobdl.{self.name or 'bnn'}.{next(_uid_counter)}"
+        new._prior_cache = {}
+        return new
+
     def _apply(self, fn, *args, **kwargs):  # .to()/.cuda()/.double() invalidate cached priors
         self._prior_cache = {}
         return super()._apply(fn, *args, **kwargs)
@@ -384,10 +406,13 @@ class BayesianNetwork(nn.Module):
         sites = self.latent_sites(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
         params = {}
         for pname, site in self._site_of.items():
-            params[pname] = pyro.sample(site, sites[site].prior)
+            params[pname] = _drop_data_dim(pyro.sample(site, sites[site].prior), sites[site].shape, site)
         for pname in self._det_names:
             params[pname] = pyro.param(f"{self._uid}${pname}", dict(self.net.named_parameters())[pname])
-        lats = {short: pyro.sample(site, sites[site].prior) for short, site in self._latent_site_of.items()}
+        lats = {
+            short: _drop_data_dim(pyro.sample(site, sites[site].prior), sites[site].shape, site)
+            for short, site in self._latent_site_of.items()
+        }
         out = self.apply(params, x)
         self.likelihood.check_output(out)
         B = x.shape[0]

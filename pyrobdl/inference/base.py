@@ -13,7 +13,19 @@ from .._validation import check_inputs, check_positive_int
 from ..network import BayesianNetwork
 from ..prediction import Prediction
 
-__all__ = ["Posterior", "Inference", "fit", "get_method", "register_method", "available_methods"]
+__all__ = [
+    "Posterior",
+    "Inference",
+    "NotFittedError",
+    "fit",
+    "get_method",
+    "register_method",
+    "available_methods",
+]
+
+
+class NotFittedError(ValueError, RuntimeError):
+    """Raised when a posterior is used before it has been fitted."""
 
 _METHODS: Dict[str, Type["Inference"]] = {}
 _POSTERIORS: Dict[str, Type["Posterior"]] = {}
@@ -86,7 +98,7 @@ class Posterior:
 
     def _check_fitted(self) -> None:
         if not self._fitted:
-            raise RuntimeError(
+            raise NotFittedError(
                 f"this {type(self).__name__} has not been fitted; call .fit(model, x, y) on the "
                 "inference object (or pyrobdl.fit) and predict with the posterior it returns"
             )

@@ -166,6 +166,7 @@ class _MeanFieldAdapter:
             parent_l, leaf = self._parent(guide.locs, name)
             parent_s, _ = self._parent(guide.scales, name)
             self.loc_modules.append((parent_l, parent_s, leaf))
+        self._index = {e[0]: i for i, e in enumerate(layout.entries)}
 
     @staticmethod
     def _parent(module, name):
@@ -180,8 +181,7 @@ class _MeanFieldAdapter:
         return torch.cat(locs), torch.cat(scales)
 
     def site_loc_scale(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        i = [e[0] for e in self.layout.entries].index(name)
-        pl, ps, leaf = self.loc_modules[i]
+        pl, ps, leaf = self.loc_modules[self._index[name]]
         return _constrained(pl, leaf), _constrained(ps, leaf)
 
     def moments(self, P: int, *, sample: bool = True):
@@ -403,7 +403,7 @@ class _SVI(Inference):
         values, raw, logdet = layout.unpack(z)
         params, lats = model.split_values(values)
         forwards = self._forwards(model, post)
-        skip = {pname for m in forwards for pname, _ in _module_param_names(model, m)}
+        skip = {pname for m in forwards for pname, _ in _module_param_names(model, m)} if forwards else ()
         with _patched(forwards):
             if P == 1:
                 out = model.apply({k: v[0] for k, v in params.items() if k not in skip}, x)
@@ -436,7 +436,7 @@ class _SVI(Inference):
         if self.seed is not None:
             pyro.set_rng_seed(self.seed)
         data = Data(model, x, y)
-        model.to(data.device)
+        model = model.fresh_copy().to(data.device)
         batches = data.batches(model, self.batch_size)
         x0, y0 = next(batches)
         guide = self._make_guide(model, **self._guide_options())
@@ -570,14 +570,20 @@ class MeanField(_SVI):
     def _forwards(self, model, post):
         if self.estimator == "reparam":
             return {}
-        fw = {}
-        for m in self._lrt_modules(model):
-            names = dict(_module_param_names(model, m))
-            w = post._adapter.site_loc_scale(model._site_of[[n for n in names if n.endswith("weight")][0]])
-            bn = [n for n in names if n.endswith("bias")]
-            b = post._adapter.site_loc_scale(model._site_of[bn[0]]) if bn else None
-            fw[m] = _make_forward(m, self.estimator, w, b)
-        return fw
+        plan = self.__dict__.get("_plan")
+        if plan is None or plan[0] is not model:
+            entries = []
+            for m in self._lrt_modules(model):
+                names = [n for n, _ in _module_param_names(model, m)]
+                w = model._site_of[[n for n in names if n.endswith("weight")][0]]
+                bn = [n for n in names if n.endswith("bias")]
+                entries.append((m, w, model._site_of[bn[0]] if bn else None))
+            plan = self._plan = (model, entries)
+        ad = post._adapter
+        return {
+            m: _make_forward(m, self.estimator, ad.site_loc_scale(w), None if b is None else ad.site_loc_scale(b))
+            for m, w, b in plan[1]
+        }
 
 
 @register_method

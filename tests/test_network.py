@@ -1,0 +1,182 @@
+"""BayesianNetwork is a real Pyro model, and its fast paths agree with naive ones."""
+import pyro
+import pyro.infer
+import pyro.infer.autoguide as ag
+import pytest
+import torch
+from pyro import poutine
+from torch import nn
+from torch.func import functional_call
+
+import pyrobdl
+from pyrobdl import BayesianNetwork, inference, likelihoods, priors
+
+
+def mlp(d_in=1, h=8, d_out=1):
+    return nn.Sequential(nn.Linear(d_in, h), nn.Tanh(), nn.Linear(h, d_out))
+
+
+def toy(n=50):
+    x = torch.linspace(-2, 2, n).unsqueeze(-1)
+    return x, torch.sin(2 * x[:, 0]) + 0.1 * torch.randn(n)
+
+
+def test_sites_and_shapes():
+    model = BayesianNetwork(mlp(), prior=priors.Normal(0.0, 1.0))
+    x, y = toy()
+    tr = poutine.trace(model).get_trace(x, y)
+    assert [n for n, s in tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != "data"] == [
+        "0.weight", "0.bias", "2.weight", "2.bias", "sigma"]
+    assert tr.nodes["obs"]["value"].shape == (50,)
+    assert tr.nodes["0.weight"]["fn"].event_shape == (8, 1)
+    # the log joint is prior + likelihood, as the trace-free helpers compute it
+    tr.compute_log_prob()
+    values = {n: tr.nodes[n]["value"] for n in model.site_names}
+    lp = sum(tr.nodes[n]["log_prob_sum"] for n in model.site_names)
+    assert torch.allclose(model.log_prior(values), lp)
+    _, yc = model.check_data(x, y)
+    assert torch.allclose(model.log_likelihood(values, x, yc), tr.nodes["obs"]["log_prob_sum"], rtol=1e-5)
+
+
+def test_selection():
+    net = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))
+    assert BayesianNetwork(net).bayesian_parameters == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert len(BayesianNetwork(net, bayesian="all").bayesian_parameters) == 6
+    assert BayesianNetwork(net, bayesian="last").bayesian_parameters == ["3.weight", "3.bias"]
+    assert BayesianNetwork(net, bayesian="3.*").bayesian_parameters == ["3.weight", "3.bias"]
+    assert BayesianNetwork(net, bayesian=net[0]).bayesian_parameters == ["0.weight", "0.bias"]
+    assert BayesianNetwork(net, bayesian=[nn.BatchNorm1d]).bayesian_parameters == ["1.weight", "1.bias"]
+    assert BayesianNetwork(net, bayesian=lambda n, p, m: n.endswith("weight")).bayesian_parameters == [
+        "0.weight", "1.weight", "3.weight"]
+    with pytest.raises(ValueError, match="selects none"):
+        BayesianNetwork(net, bayesian="nothing*")
+    with pytest.raises(TypeError, match="bayesian must be"):
+        BayesianNetwork(net, bayesian=3.5)
+
+
+def test_fan_in_prior_and_per_site_override():
+    net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+    prior = priors.PerSite(priors.FanInNormal(gain=2.0, bias_scale=0.5), {"2.weight": priors.Normal(0.0, 0.1)})
+    sites = BayesianNetwork(net, prior=prior).latent_sites()
+    assert sites["0.weight"].gaussian == (0.0, 1.0)  # 2 / sqrt(4)
+    assert sites["0.bias"].gaussian == (0.0, 0.5)
+    assert sites["2.weight"].gaussian == (0.0, 0.1)
+    conv = nn.Conv2d(3, 8, kernel_size=3)
+    assert priors.fan_in(conv, conv.weight) == 27
+
+
+def test_vectorised_predictive_equals_loop():
+    torch.manual_seed(0)
+    x, y = toy(30)
+    model = BayesianNetwork(mlp(h=6))
+    post = inference.MeanField(num_steps=50, progress=False).fit(model, x, y)
+    S = 13
+    samples = post.sample_latents(S)
+    params, lats = model.split_values(samples)
+    loop = torch.stack([
+        functional_call(model.net, {k: v[s] for k, v in params.items()}, (x,)) for s in range(S)
+    ]).squeeze(-1)
+    for kw in [{}, {"chunk_size": 4}, {"max_memory": 2000}]:  # 2000 bytes forces input chunking too
+        pred = model.predict_from_samples(x, samples, **kw)
+        assert torch.allclose(pred.samples["loc"], loop, atol=1e-6)
+        assert torch.allclose(pred.samples["scale"], lats["sigma"].unsqueeze(-1).expand(S, 30))
+
+
+def test_works_with_pyro_svi_autoguides_mcmc_predictive():
+    torch.manual_seed(0)
+    x, y = toy(40)
+    model = BayesianNetwork(mlp(h=4))
+    for guide_cls in (ag.AutoNormal, ag.AutoDiagonalNormal, ag.AutoLowRankMultivariateNormal, ag.AutoDelta):
+        pyro.clear_param_store()
+        guide = guide_cls(model)
+        svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), pyro.infer.Trace_ELBO())
+        losses = [svi.step(x, y) for _ in range(150)]
+        assert sum(losses[-10:]) < sum(losses[:10])
+    # vectorised particles and parallel Predictive run the net in one batched pass
+    elbo = pyro.infer.Trace_ELBO(num_particles=4, vectorize_particles=True, max_plate_nesting=1)
+    assert torch.isfinite(torch.tensor(elbo.loss(model, guide, x, y)))
+    pred = pyro.infer.Predictive(model, guide=guide, num_samples=7, parallel=True)(x)
+    assert pred["obs"].shape == (7, 40)
+    pred = pyro.infer.Predictive(model, num_samples=5)(x)  # prior predictive
+    assert pred["obs"].shape == (5, 40) and pred["0.weight"].shape[-2:] == (4, 1)
+    mcmc = pyro.infer.MCMC(pyro.infer.NUTS(model), num_samples=5, warmup_steps=5, disable_progbar=True)
+    mcmc.run(x, y)
+    assert mcmc.get_samples()["2.weight"].shape == (5, 1, 4)
+    # poutine: conditioning a weight fixes it
+    w = torch.zeros(4, 1)
+    tr = poutine.trace(poutine.condition(model, data={"0.weight": w})).get_trace(x)
+    assert torch.equal(tr.nodes["0.weight"]["value"], w)
+
+
+def test_pyrobdl_guide_works_with_pyro_predictive():
+    x, y = toy(40)
+    model = BayesianNetwork(mlp(h=4))
+    post = inference.LowRank(num_steps=100, progress=False).fit(model, x, y)
+    out = pyro.infer.Predictive(model, guide=post.guide, num_samples=20)(x)
+    assert out["obs"].shape == (20, 40)
+
+
+def test_two_models_do_not_clash_in_param_store():
+    torch.manual_seed(0)
+    x, y = toy(40)
+    # deterministic BatchNorm params go through pyro.param: they must get distinct names
+    nets = [nn.Sequential(nn.Linear(1, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Linear(4, 1)) for _ in range(2)]
+    m1, m2 = BayesianNetwork(nets[0]), BayesianNetwork(nets[1])
+    p1 = inference.MeanField(num_steps=50, progress=False).fit(m1, x, y)
+    torch.manual_seed(5)
+    before = p1.predict(x, num_samples=10).mean
+    p2 = inference.MeanField(num_steps=50, progress=False).fit(m2, x, 2 * y)
+    p1b = inference.MeanField(num_steps=50, progress=False).fit(m1, x, y)  # fitting the same model again
+    torch.manual_seed(5)
+    assert torch.equal(p1.predict(x, num_samples=10).mean, before)
+    assert p1.guide is not p1b.guide
+    names = list(pyro.get_param_store().keys())
+    assert len(names) == len(set(names))
+    for post in (p1, p2):  # each posterior's guide runs with its own (copied) model
+        assert torch.isfinite(torch.tensor(pyro.infer.Trace_ELBO().loss(post.model, post.guide, x, y)))
+    assert p1.model is not m1 and p1.model._uid != m1._uid  # fit trains a copy; the user's model is untouched
+    # pyro.module-style registration of deterministic params is per-model
+    pyro.clear_param_store()
+    poutine.trace(m1).get_trace(x, y)
+    poutine.trace(m2).get_trace(x, y)
+    assert len([n for n in pyro.get_param_store().keys() if n.endswith("1.weight")]) == 2
+
+
+def test_classification_and_cnn():
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 8, 8)
+    y = torch.randint(0, 3, (32,))
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    model = BayesianNetwork(net, likelihood=likelihoods.Categorical())
+    post = inference.MeanField(num_steps=30, progress=False).fit(model, x, y)
+    pred = post.predict(x, num_samples=8)
+    assert pred.probs.shape == (32, 3)
+    assert torch.allclose(pred.probs.sum(-1), torch.ones(32))
+    assert torch.all(pred.mutual_information >= 0)
+    assert torch.allclose(pred.predictive_entropy, pred.expected_entropy + pred.mutual_information, atol=1e-5)
+    lp = pred.log_prob(y)
+    assert lp.shape == (32,) and torch.all(lp <= 0)
+
+
+def test_bernoulli_and_heteroscedastic():
+    torch.manual_seed(0)
+    x = torch.randn(40, 2)
+    yb = (x[:, 0] > 0).long()
+    post = pyrobdl.fit(BayesianNetwork(mlp(2, 8, 1), likelihood=likelihoods.Bernoulli()), x, yb, num_steps=200, progress=False)
+    pred = post.predict(x)
+    assert pred.probs.shape == (40, 2) and float((pred.predicted == yb).float().mean()) > 0.8
+    yr = x[:, 0] + 0.1 * torch.randn(40)
+    post = pyrobdl.fit(BayesianNetwork(mlp(2, 8, 2), likelihood=likelihoods.HeteroscedasticGaussian()), x, yr, num_steps=100, progress=False)
+    pred = post.predict(x, num_samples=10)
+    assert pred.mean.shape == (40,) and torch.all(pred.aleatoric_variance > 0)
+
+
+@pytest.mark.cuda
+def test_cuda_fit_and_predict():
+    x, y = toy(64)
+    x, y = x.cuda(), y.cuda()
+    model = BayesianNetwork(mlp())
+    post = inference.MeanField(num_steps=50, progress=False).fit(model, x, y)
+    pred = post.predict(x, num_samples=10)
+    assert pred.mean.is_cuda
+    assert post.predict(x.cpu(), num_samples=5).mean.device.type == "cpu"
