@@ -23,6 +23,7 @@ from .prediction import ClassificationPrediction, Prediction, RegressionPredicti
 from . import inference  # noqa: E402
 from .inference.base import available_methods, fit  # noqa: E402
 from .serialization import load  # noqa: E402
+from . import datasets, metrics, plots  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -36,4 +37,7 @@ __all__ = [
     "Prediction",
     "RegressionPrediction",
     "ClassificationPrediction",
+    "datasets",
+    "metrics",
+    "plots",
 ]

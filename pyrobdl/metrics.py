@@ -768,31 +768,7 @@ def interval_coverage(
     return float(np.mean(np.abs(2.0 * u - 1.0) <= level))
 
 
-def _mixture_quantile(loc: torch.Tensor, scale: torch.Tensor, q: float, *, max_iter: int = 100) -> torch.Tensor:
-    """Elementwise quantile of an equal-weight Gaussian mixture (loc/scale (S, M)) by safeguarded Newton."""
-    z = float(torch.special.ndtri(torch.tensor(q, dtype=torch.float64)))
-    comp = loc + scale * z
-    if loc.shape[0] == 1:
-        return comp[0]
-    # The mixture quantile lies between the smallest and largest component quantiles.
-    lo, hi = comp.min(0).values, comp.max(0).values
-    mean = loc.mean(0)
-    std = torch.sqrt((scale * scale).mean(0) + loc.var(0, unbiased=False))
-    x = torch.minimum(torch.maximum(mean + std * z, lo), hi)
-    done = torch.zeros_like(x, dtype=torch.bool)
-    for _ in range(max_iter):
-        zz = (x - loc) / scale
-        diff = torch.special.ndtr(zz).mean(0) - q
-        dens = (torch.exp(-0.5 * zz * zz) * _INV_SQRT_2PI / scale).mean(0)
-        lo = torch.where(diff < 0, x, lo)
-        hi = torch.where(diff > 0, x, hi)
-        done = done | (diff.abs() <= 1e-14) | (hi - lo <= 1e-13 * (1.0 + x.abs()))
-        if bool(done.all()):
-            break
-        step = x - diff / dens
-        ok = torch.isfinite(step) & (step > lo) & (step < hi)
-        x = torch.where(done, x, torch.where(ok, step, 0.5 * (lo + hi)))
-    return x
+from .prediction import mixture_quantile as _mixture_quantile  # noqa: E402
 
 
 def mean_interval_width(

@@ -140,12 +140,19 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
     try:
         state = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"refused to load {path!r}: it is not a plain pyrobdl state file (it holds objects that "
-            f"would run code when unpickled, and pyrobdl only loads with weights_only=True). Details: {e}"
-        ) from None
+        msg = str(e)
+        if "global" in msg.lower():
+            culprit = next((ln.strip() for ln in msg.splitlines() if "global" in ln.lower()), "")
+            raise ValueError(
+                f"refused to load {str(path)!r}: it holds objects that would run code when unpickled "
+                f"({culprit}); pyrobdl only loads plain state files with torch.load(weights_only=True)"
+            ) from None
+        raise ValueError(f"could not read {str(path)!r} as a pyrobdl posterior file (corrupt or not a torch file)") from None
     except Exception as e:  # zip/pickle corruption of all kinds
-        raise ValueError(f"could not read {path!r} as a pyrobdl posterior file (corrupt or not a torch file): {e}") from None
+        raise ValueError(
+            f"could not read {str(path)!r} as a pyrobdl posterior file (corrupt or not a torch file): "
+            f"{type(e).__name__}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a pyrobdl posterior file (saved with posterior.save)")
     if state.get("format_version", 0) > FORMAT_VERSION:

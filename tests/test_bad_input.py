@@ -1,0 +1,95 @@
+"""Every bad input named in the core issue raises a clear ValueError/TypeError."""
+import pytest
+import torch
+from torch import nn
+
+import pyrobdl
+from pyrobdl import BayesianNetwork, inference, likelihoods
+from pyrobdl.inference.base import NotFittedError
+
+
+def reg_model(out=1):
+    return BayesianNetwork(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, out)))
+
+
+X = torch.randn(10, 2)
+Y = torch.randn(10)
+FIT = dict(num_steps=2, progress=False)
+
+
+def test_length_mismatch():
+    with pytest.raises(ValueError, match="x has 10 rows but y has 9"):
+        pyrobdl.fit(reg_model(), X, Y[:9], **FIT)
+
+
+@pytest.mark.parametrize("bad", ["x", "y"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_nan_inf(bad, value):
+    x, y = X.clone(), Y.clone()
+    if bad == "x":
+        x[3, 0] = value
+    else:
+        y[3] = value
+    with pytest.raises(ValueError, match=f"{bad} contains 1 NaN or inf"):
+        pyrobdl.fit(reg_model(), x, y, **FIT)
+
+
+def test_classification_labels():
+    model = BayesianNetwork(nn.Sequential(nn.Linear(2, 3)), likelihood=likelihoods.Categorical())
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        pyrobdl.fit(model, X, torch.tensor([0, 1, 2, 3, 0, 1, 2, 0, 1, 2]), **FIT)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        pyrobdl.fit(model, X, -torch.ones(10, dtype=torch.long), **FIT)
+    with pytest.raises(TypeError, match="integer class labels"):
+        pyrobdl.fit(model, X, torch.zeros(10), **FIT)
+    with pytest.raises(ValueError, match="Bernoulli targets must be 0 or 1"):
+        pyrobdl.fit(BayesianNetwork(nn.Linear(2, 1), likelihood=likelihoods.Bernoulli()), X, torch.full((10,), 2), **FIT)
+
+
+def test_output_width():
+    het = BayesianNetwork(nn.Linear(2, 3), likelihood=likelihoods.HeteroscedasticGaussian())
+    with pytest.raises(ValueError, match="2\\*d network outputs"):
+        pyrobdl.fit(het, X, Y, **FIT)
+    het1 = BayesianNetwork(nn.Linear(2, 1), likelihood=likelihoods.HeteroscedasticGaussian())
+    with pytest.raises(ValueError, match="2\\*d network outputs"):
+        pyrobdl.fit(het1, X, Y, **FIT)
+    with pytest.raises(ValueError, match="give the network's last layer 1 output"):
+        pyrobdl.fit(reg_model(out=3), X, Y, **FIT)
+    with pytest.raises(ValueError, match="at least 2 outputs"):
+        pyrobdl.fit(BayesianNetwork(nn.Linear(2, 1), likelihood=likelihoods.Categorical()), X, torch.zeros(10, dtype=torch.long), **FIT)
+
+
+def test_num_samples_and_unfitted():
+    post = pyrobdl.fit(reg_model(), X, Y, **FIT)
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        post.predict(X, num_samples=0)
+    with pytest.raises(TypeError, match="num_samples must be an integer"):
+        post.predict(X, num_samples=2.5)
+    unfitted = inference.SVIPosterior.__new__(inference.SVIPosterior)
+    pyrobdl.inference.Posterior.__init__(unfitted, reg_model())
+    with pytest.raises(NotFittedError, match="has not been fitted"):
+        unfitted.predict(X)
+    with pytest.raises(ValueError):  # NotFittedError is a ValueError
+        unfitted.predict(X)
+
+
+def test_unknown_method_lists_known():
+    with pytest.raises(ValueError, match="unknown method 'mcmc'.*mean-field"):
+        pyrobdl.fit(reg_model(), X, Y, method="mcmc")
+    with pytest.raises(TypeError, match="invalid option for method 'mean-field'"):
+        pyrobdl.fit(reg_model(), X, Y, method="mean-field", nonsense=1)
+
+
+def test_settings_validated():
+    for kw, exc in [({"num_steps": 0}, ValueError), ({"lr": -1.0}, ValueError), ({"kl": "exact"}, ValueError),
+                    ({"estimator": "magic"}, ValueError), ({"num_particles": 0}, ValueError)]:
+        with pytest.raises(exc):
+            inference.MeanField(**kw)
+    with pytest.raises(TypeError, match="net must be a torch.nn.Module"):
+        BayesianNetwork("not a net")
+    with pytest.raises(TypeError, match="prior must be"):
+        BayesianNetwork(nn.Linear(1, 1), prior=1.0)
+    with pytest.raises(TypeError, match="x must be a torch.Tensor or a numpy array"):
+        pyrobdl.fit(reg_model(), "abc", Y, **FIT)
+    with pytest.raises(ValueError, match="x is empty"):
+        pyrobdl.fit(reg_model(), X[:0], Y[:0], **FIT)

@@ -1,0 +1,90 @@
+"""save/load round trips and refuses files that would run code."""
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import pyrobdl
+from pyrobdl import BayesianNetwork, inference, likelihoods, priors
+
+
+def _fit(method="mean-field", net=None, **kw):
+    torch.manual_seed(0)
+    x = torch.randn(40, 2)
+    y = x[:, 0] - x[:, 1] + 0.1 * torch.randn(40)
+    net = net or nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
+    model = BayesianNetwork(net, prior=priors.FanInNormal(), likelihood=likelihoods.Gaussian())
+    return pyrobdl.fit(model, x, y, method=method, num_steps=30, progress=False, **kw), x
+
+
+@pytest.mark.parametrize("method", ["mean-field", "low-rank", "full-rank"])
+def test_round_trip_identical_predictions(tmp_path, method):
+    post, x = _fit(method)
+    path = tmp_path / "post.pt"
+    post.save(path)
+    loaded = pyrobdl.load(path)
+    assert type(loaded) is type(post)
+    torch.manual_seed(3)
+    a = post.predict(x, num_samples=20)
+    torch.manual_seed(3)
+    b = loaded.predict(x, num_samples=20)
+    assert torch.equal(a.samples["loc"], b.samples["loc"])
+    assert torch.equal(a.samples["scale"], b.samples["scale"])
+
+
+class Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 4)
+        self.b = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_custom_net_needs_model(tmp_path):
+    post, x = _fit(net=Custom())
+    post.save(tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="pass the model"):
+        pyrobdl.load(tmp_path / "c.pt")
+    model = BayesianNetwork(Custom(), prior=priors.FanInNormal(), likelihood=likelihoods.Gaussian())
+    loaded = pyrobdl.load(tmp_path / "c.pt", model=model)
+    torch.manual_seed(1)
+    a = post.predict(x, num_samples=5).mean
+    torch.manual_seed(1)
+    assert torch.equal(a, loaded.predict(x, num_samples=5).mean)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/pyrobdl_pwned",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    if os.path.exists("/tmp/pyrobdl_pwned"):
+        os.remove("/tmp/pyrobdl_pwned")
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "pyrobdl-posterior", "payload": _Evil()}, path)
+    with pytest.raises(ValueError, match="refused"):
+        pyrobdl.load(path)
+    assert not os.path.exists("/tmp/pyrobdl_pwned")
+
+
+def test_corrupt_and_wrong_files(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file at all")
+    with pytest.raises(ValueError, match="could not read"):
+        pyrobdl.load(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ValueError, match="not a pyrobdl posterior"):
+        pyrobdl.load(other)
+    with pytest.raises(FileNotFoundError):
+        pyrobdl.load(tmp_path / "missing.pt")
+    post, _ = _fit()
+    post.save(tmp_path / "p.pt")
+    wrong = BayesianNetwork(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)))
+    with pytest.raises(ValueError, match="do not fit"):
+        pyrobdl.load(tmp_path / "p.pt", model=wrong)
