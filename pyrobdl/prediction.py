@@ -51,7 +51,7 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def mixture_quantile(loc: torch.Tensor, scale: torch.Tensor, q: float, *, max_iter: int = 100) -> torch.Tensor:
-    """Elementwise ``q``-quantile of the equal-weight Gaussian mixture
+    r"""Elementwise ``q``-quantile of the equal-weight Gaussian mixture
     :math:`\frac1S\sum_s\mathcal N(\mu_s,\sigma_s^2)` (``loc``/``scale`` of shape ``(S, ...)``),
     by Newton's method safeguarded with bisection inside the bracket of the smallest and
     largest component quantiles; converges to ~1e-13 relative in a few iterations."""

@@ -149,6 +149,14 @@ class Posterior:
         self._check_fitted()
         save_posterior(self, path)
 
+    def to_arviz(self, x=None, y=None, *, num_samples: Optional[int] = None):
+        """Export to ArviZ (posterior, sample_stats for MCMC, pointwise
+        log_likelihood, posterior_predictive, observed_data); see
+        :func:`pyrobdl.diagnostics.to_arviz`."""
+        from ..diagnostics import to_arviz
+
+        return to_arviz(self, x, y, num_samples=num_samples)
+
     def __repr__(self) -> str:
         status = "fitted" if self._fitted else "not fitted"
         return f"{type(self).__name__}({status}, {self.model.num_bayesian_parameters} weights)"
@@ -200,10 +208,24 @@ class Data:
     def batches(self, model: BayesianNetwork, batch_size: Optional[int], generator=None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Endless stream of (x, y) batches on the data's device."""
         if self.loader is not None:
+            # the first batch is fully validated (in __init__ and here); later batches are only
+            # converted, so validation adds no per-step forward pass or device sync
+            first = True
             while True:
                 for batch in self.loader:
                     xb, yb = self._unpack(batch)
-                    xb, yb = model.check_data(xb.to(self.device), yb.to(self.device))
+                    xb, yb = xb.to(self.device), yb.to(self.device)
+                    if first:
+                        xb, yb = model.check_data(xb, yb)
+                        self._tshape, self._tdtype = yb.shape[1:], yb.dtype
+                        first = False
+                    else:
+                        if not xb.is_floating_point() or xb.dtype != model.dtype:
+                            xb = xb.to(model.dtype)
+                        if yb.dtype != self._tdtype:
+                            yb = yb.to(self._tdtype)
+                        if yb.shape[1:] != self._tshape:
+                            yb = yb.reshape((yb.shape[0],) + tuple(self._tshape))
                     yield xb, yb
         N = self.num_data
         if batch_size is None or batch_size >= N:

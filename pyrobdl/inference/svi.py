@@ -263,7 +263,7 @@ class SVIPosterior(Posterior):
 
     Attributes:
         guide: the fitted Pyro autoguide (usable with :class:`pyro.infer.Predictive`).
-        fit_info: ``losses`` (negative ELBO per step, a tensor), ``seconds``, ``num_steps``.
+        fit_info: ``losses`` (the negative ELBO estimate of every step, a tensor), ``seconds``, ``num_steps``.
     """
 
     method = "svi"
@@ -452,12 +452,11 @@ class _SVI(Inference):
         num_steps = self.num_steps if self.epochs is None else self.epochs * data.steps_per_epoch(self.batch_size)
         gamma = self.lr_decay ** (1.0 / max(num_steps, 1))
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma) if self.lr_decay != 1.0 else None
-        losses = torch.empty(num_steps)
+        losses = torch.empty(num_steps, device=data.device)
         model.net.train()
         t0 = time.perf_counter()
         bar = tqdm(range(num_steps), desc=self.name, disable=not self.progress, leave=False)
         running = None
-        loss_acc = torch.zeros((), device=data.device)
         for step in bar:
             xb, yb = (x0, y0) if step == 0 else next(batches)
             ll, lp, ent = self.elbo_terms(post, xb, yb, data.num_data)
@@ -468,11 +467,9 @@ class _SVI(Inference):
             opt.step()
             if sched is not None:
                 sched.step()
-            loss_acc = loss.detach()
-            losses[step] = float("nan")
+            losses[step] = loss.detach()
             if step % 50 == 0 or step == num_steps - 1:
-                val = float(loss_acc)
-                losses[step] = val
+                val = float(losses[step])
                 if not math.isfinite(val):
                     raise FloatingPointError(
                         f"the ELBO became {val} at step {step}; lower lr (now {self.lr}) or init_scale, "
@@ -480,7 +477,7 @@ class _SVI(Inference):
                     )
                 running = _ema(running, val, 0.5)
                 bar.set_postfix(elbo=f"{-running:.4g}")
-        post.fit_info = {"losses": losses, "seconds": time.perf_counter() - t0, "num_steps": num_steps}
+        post.fit_info = {"losses": losses.cpu(), "seconds": time.perf_counter() - t0, "num_steps": num_steps}
         post._fitted = True
         model.net.eval()
         return post
