@@ -329,6 +329,10 @@ class BayesianNetwork(nn.Module):
         if not batch_shape:
             return functional_call(self.net, params, (x,), strict=False)
         B = math.prod(batch_shape)
+        if B == 1:  # one sample: a plain pass (2-D matmuls), no vmap
+            single = {k: v.reshape(named[k].shape) for k, v in params.items()}
+            out = functional_call(self.net, single, (x,), strict=False)
+            return out.reshape(batch_shape + out.shape)
         flat = {
             k: v.expand(batch_shape + named[k].shape).reshape((B,) + named[k].shape)
             for k, v in params.items()

@@ -114,13 +114,19 @@ class _Layout:
             n = int(math.prod(ushape))
             t = biject_to(site["fn"].support)
             ls = sites[name].gaussian if name in sites else None
-            self.entries.append((name, ushape, off, n, None if site["fn"].support == dist.constraints.real else t, ls))
+            support = site["fn"].support
+            base = getattr(support, "base_constraint", support)  # unwrap independent(real, k)
+            real = base is dist.constraints.real or base == dist.constraints.real
+            self.entries.append((name, ushape, off, n, None if real else t, ls))
             off += n
         self.dim = off
         dev, dt = model.device, model.dtype
-        g_idx, m0, s0 = [], [], []
+        g_idx, m0, s0, groups = [], [], [], []
+        self.gauss_names = []
         for name, ushape, o, n, t, ls in self.entries:
             if t is None and ls is not None:
+                groups.append(torch.full((n,), len(self.gauss_names), dtype=torch.long))
+                self.gauss_names.append(name)
                 g_idx.append(torch.arange(o, o + n))
                 m0.append(torch.full((n,), float(ls[0])))
                 s0.append(torch.full((n,), float(ls[1])))
@@ -133,6 +139,8 @@ class _Layout:
             self.prior_log_scale_sum = float(self.prior_scale.log().sum())
             self.prior_inv_var = self.prior_scale.pow(-2)
             self.n_gauss = len(idx)
+            self.group = torch.cat(groups).to(dev)
+            self.group_size = torch.bincount(self.group).to(dt)
         else:
             self.gauss_slice, self.gauss_idx, self.n_gauss = None, None, 0
         self.gauss_sites = {name for name, _, _, _, t, ls in self.entries if t is None and ls is not None}
@@ -365,6 +373,7 @@ class _SVI(Inference):
         init_scale: float = 1e-2,
         kl: str = "analytic",
         kl_warmup: int = 0,
+        prior_scale: str = "fixed",
         progress: bool = True,
         seed: Optional[int] = None,
     ):
@@ -379,6 +388,11 @@ class _SVI(Inference):
             raise ValueError(f"kl must be 'analytic' or 'mc', got {kl!r}")
         self.kl = kl
         self.kl_warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
+        if prior_scale not in ("fixed", "empirical-bayes"):
+            raise ValueError(f"prior_scale must be 'fixed' or 'empirical-bayes', got {prior_scale!r}")
+        if prior_scale == "empirical-bayes" and kl != "analytic":
+            raise ValueError("prior_scale='empirical-bayes' needs kl='analytic'")
+        self.prior_scale = prior_scale
         self.progress = bool(progress)
         self.seed = seed
 
@@ -420,7 +434,11 @@ class _SVI(Inference):
                 continue
             lp_other = lp_other + sites[name].prior.log_prob(v).reshape(P)
         cross = 0.0
-        if self.kl == "analytic" and layout.n_gauss:
+        if self.kl == "analytic" and layout.n_gauss and self.prior_scale == "empirical-bayes":
+            m, v = layout.gather(mean), layout.gather(var)
+            s2 = self._eb_scales2(layout, m, v)
+            cross = -0.5 * (layout.group_size * ((2 * math.pi * s2).log() + 1)).sum()
+        elif self.kl == "analytic" and layout.n_gauss:
             m, v = layout.gather(mean), layout.gather(var)
             cross = (
                 -layout.prior_log_scale_sum
@@ -428,6 +446,34 @@ class _SVI(Inference):
                 - 0.5 * (((m - layout.prior_loc).pow(2) + v) * layout.prior_inv_var).sum()
             )
         return ll.mean(), lp_other.mean() + cross, entropy
+
+    @staticmethod
+    def _eb_scales2(layout: "_Layout", m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Closed-form type-II maximum of the ELBO over one prior variance per weight tensor:
+        :math:`s_l^2 = \\frac{1}{n_l}\\sum_{i\\in l}\\big((\\mu_i-m_0)^2+\\sigma_i^2\\big)`."""
+        sq = (m - layout.prior_loc).pow(2) + v
+        tot = torch.zeros(len(layout.gauss_names), dtype=sq.dtype, device=sq.device).index_add_(0, layout.group, sq)
+        return (tot / layout.group_size).clamp_min(1e-8)
+
+    def _finalize_prior(self, post: SVIPosterior) -> None:
+        """With empirical Bayes, write the fitted prior scales into the posterior's model, so the
+        Pyro model, MCMC initialisation and ArviZ log-priors use the prior that was fitted."""
+        if self.prior_scale != "empirical-bayes" or not post._layout.n_gauss:
+            return
+        from .. import priors as _priors
+
+        layout, model = post._layout, post.model
+        with torch.no_grad():
+            _, _, mean, var = post._adapter.moments(1, sample=False)
+            s2 = self._eb_scales2(layout, layout.gather(mean), layout.gather(var))
+        inverse = {site: pname for pname, site in model._site_of.items()}
+        sites = model.latent_sites()
+        overrides = {}
+        for k, name in enumerate(layout.gauss_names):
+            overrides[inverse[name]] = _priors.Normal(sites[name].gaussian[0], float(s2[k].sqrt()))
+        model.prior = _priors.PerSite(model.prior, overrides)
+        model._prior_cache = {}
+        post.fit_info["prior_scales"] = {inverse[n]: float(s2[k].sqrt()) for k, n in enumerate(layout.gauss_names)}
 
     def fit(self, model: BayesianNetwork, x=None, y=None) -> SVIPosterior:
         """Fit the guide to ``(x, y)`` tensors or a DataLoader of ``(x, y)`` batches."""
@@ -478,6 +524,7 @@ class _SVI(Inference):
                 running = _ema(running, val, 0.5)
                 bar.set_postfix(elbo=f"{-running:.4g}")
         post.fit_info = {"losses": losses.cpu(), "seconds": time.perf_counter() - t0, "num_steps": num_steps}
+        self._finalize_prior(post)
         post._fitted = True
         model.net.eval()
         return post
@@ -513,6 +560,14 @@ class MeanField(_SVI):
             or ``"mc"``.
         kl_warmup: steps over which the prior/entropy term is annealed in
             from 0 to 1 (0 = off).
+        prior_scale: ``"fixed"`` (the model's prior) or ``"empirical-bayes"``:
+            one prior variance per weight tensor (Gaussian priors) is fitted
+            jointly by maximising the ELBO, in closed form
+            :math:`s_l^2 = \frac1{n_l}\sum_{i\in l}((\mu_i-m_0)^2+\sigma_i^2)`
+            (Wu et al., *Deterministic Variational Inference for Robust Bayesian
+            Neural Networks*, ICLR 2019); the fitted scales are written into the
+            posterior's model prior (``posterior.model.prior``) and
+            ``fit_info["prior_scales"]``.
         estimator: ``"reparam"`` (sample weights), ``"local"`` (local
             reparameterisation) or ``"flipout"`` for Linear/Conv layers.
         progress: show a progress bar with the running ELBO.
