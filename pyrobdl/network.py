@@ -103,7 +103,9 @@ class BayesianNetwork(nn.Module):
     Args:
         net: any :class:`torch.nn.Module` mapping inputs ``(N, ...)`` to outputs
             ``(N, k)``.
-        prior: a :class:`pyrobdl.priors.Prior` (default i.i.d. ``Normal(0, 1)``).
+        prior: a :class:`pyrobdl.priors.Prior` (default :class:`~pyrobdl.priors.FanInNormal`:
+            weights :math:`\mathcal N(0, 1/\text{fan\_in})`, biases :math:`\mathcal N(0, 1)`; on the UCI
+            benchmarks it fits markedly better than i.i.d. ``Normal(0, 1)``).
         likelihood: a :class:`pyrobdl.likelihoods.Likelihood` (default
             ``Gaussian()`` with a learned noise scale).
         bayesian: which parameters get a prior. ``None`` (default): every
@@ -148,7 +150,7 @@ class BayesianNetwork(nn.Module):
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         if prior is None:
-            prior = _priors.Normal(0.0, 1.0)
+            prior = _priors.FanInNormal()
         if not isinstance(prior, _priors.Prior):
             raise TypeError(
                 f"prior must be a pyrobdl.priors.Prior (e.g. priors.Normal(0, 1)), got {type(prior).__name__}"

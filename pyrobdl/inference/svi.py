@@ -364,9 +364,9 @@ class _SVI(Inference):
     def __init__(
         self,
         *,
-        num_steps: int = 3000,
+        num_steps: int = 5000,
         lr: float = 1e-2,
-        lr_decay: float = 1.0,
+        lr_decay: float = 0.1,
         num_particles: int = 1,
         batch_size: Optional[int] = None,
         epochs: Optional[int] = None,
@@ -549,7 +549,9 @@ class MeanField(_SVI):
     Args:
         num_steps: optimisation steps (ignored when ``epochs`` is given).
         lr: Adam learning rate; ``lr_decay``: final/initial learning-rate
-            ratio of an exponential schedule (1 = constant).
+            ratio of an exponential schedule (default 0.1; 1 = constant). The decay
+            lets the variational scales settle, which measurably improves test
+            log-likelihoods on the UCI benchmarks.
         num_particles: Monte Carlo samples per step (one batched pass).
         batch_size: minibatch size (default: full batch); the likelihood is
             scaled by ``N / batch_size``.
