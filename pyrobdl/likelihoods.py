@@ -72,11 +72,6 @@ class Likelihood:
     def latent_supports(self) -> Dict[str, constraints.Constraint]:
         return {}
 
-    def point_latents(self) -> Dict[str, torch.nn.Parameter]:
-        """Learnable point estimates of the latents for maximum-likelihood
-        methods (MC dropout, ensembles). Default: none."""
-        return {}
-
     # -- targets and outputs --------------------------------------------------
     def event_shape(self, out: torch.Tensor) -> torch.Size:
         """Shape of one target given a network output ``out`` of shape (..., N, k)."""
@@ -180,7 +175,6 @@ class Gaussian(_GaussianBase):
     def __init__(self, scale: Optional[float] = None, *, scale_prior: float = 1.0):
         self.scale = None if scale is None else check_positive_float(scale, "scale")
         self.scale_prior = check_positive_float(scale_prior, "scale_prior")
-        self._point: Optional[torch.nn.Parameter] = None
 
     @property
     def learned(self) -> bool:
@@ -193,14 +187,6 @@ class Gaussian(_GaussianBase):
 
     def latent_supports(self):
         return {"sigma": constraints.positive} if self.learned else {}
-
-    def point_latents(self):
-        if not self.learned:
-            return {}
-        if self._point is None:
-            # unconstrained log sigma; exp() at use
-            self._point = torch.nn.Parameter(torch.tensor(math.log(0.5 * self.scale_prior)))
-        return {"log_sigma": self._point}
 
     def _sigma(self, latents, ref: torch.Tensor, event_dims: int) -> torch.Tensor:
         if not self.learned:
@@ -534,9 +520,19 @@ class CategoricalLogitNoise(Likelihood):
     def _noise(self, shape, ref: torch.Tensor) -> torch.Tensor:
         if not self.fixed_noise:
             return torch.randn(shape, dtype=ref.dtype, device=ref.device)
-        g = torch.Generator(device=ref.device)
-        g.manual_seed(self.noise_seed)
-        return torch.randn(shape, generator=g, dtype=ref.dtype, device=ref.device)
+        # Drawn once per (shape, device, dtype) on the CPU -- the same numbers on every
+        # device -- and cached (a few entries), so that compiled potentials (torch.compile
+        # in HMC) see a constant instead of a generator.
+        key = (tuple(shape), str(ref.device), ref.dtype)
+        cache = self.__dict__.setdefault("_noise_cache", {})
+        eps = cache.get(key)
+        if eps is None:
+            g = torch.Generator().manual_seed(self.noise_seed)
+            eps = torch.randn(tuple(shape), generator=g, dtype=torch.float64).to(ref.device, ref.dtype)
+            while len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = eps
+        return eps
 
     def log_probs(self, out: torch.Tensor) -> torch.Tensor:
         r"""Log of the noise-averaged class probabilities,

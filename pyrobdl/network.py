@@ -395,9 +395,14 @@ class BayesianNetwork(nn.Module):
         if y_t.dim() == 0:
             raise ValueError("y must have one row per input, got a scalar")
         check_same_length(x, y_t)
-        with torch.no_grad():
-            named = dict(self.net.named_parameters())
-            probe = self.apply({k: named[k].detach() for k in self._bayes_names}, x[:2].to(self.device))
+        was_training = self.net.training
+        self.net.eval()  # the probe must not touch BatchNorm running statistics
+        try:
+            with torch.no_grad():
+                named = dict(self.net.named_parameters())
+                probe = self.apply({k: named[k].detach() for k in self._bayes_names}, x[:2].to(self.device))
+        finally:
+            self.net.train(was_training)
         self.likelihood.check_output(probe)
         y_t = self.likelihood.check_target(y_t, probe)
         if y_t.is_floating_point() and y_t.dtype != self.dtype:
@@ -445,10 +450,13 @@ class BayesianNetwork(nn.Module):
                 total[0] += o.numel() * o.element_size()
 
         handles = [m.register_forward_hook(hook) for m in self.net.modules() if next(m.children(), None) is None]
+        was_training = self.net.training
+        self.net.eval()  # the probe must not touch BatchNorm running statistics
         try:
             with torch.no_grad():
                 self.net(x[:1])
         finally:
+            self.net.train(was_training)
             for h in handles:
                 h.remove()
         return max(total[0], x[:1].numel() * x.element_size())
