@@ -143,9 +143,13 @@ DEFAULT_OPTIONS: Dict[str, Dict[str, Any]] = {
     "mean-field": {"num_steps": 5000, "lr": 1e-2, "lr_decay": 0.1},
     "low-rank": {"num_steps": 5000, "lr": 1e-2, "lr_decay": 0.1},
     "full-rank": {"num_steps": 5000, "lr": 1e-2, "lr_decay": 0.1},
-    "mc-dropout": {"num_steps": 5000, "lr": 1e-2, "p": 0.05},
-    "mc-dropconnect": {"num_steps": 5000, "lr": 1e-2, "p": 0.05},
-    "ensemble": {"size": 5, "num_steps": 3000, "lr": 1e-2},
+    # dropout rate 0.01 (from the UCI protocol's grid in dropout_rates.txt) and ensembles with the
+    # protocol's 40 epochs in minibatches of 32: on Boston/Concrete (3 splits) MC dropout with
+    # p=0.05 scored -2.43/-3.11, with p=0.01 -2.28/-3.04; ensembles trained 3000 full-batch steps
+    # overfit (LL -4.9 on Boston), 40 epochs x 32 gave -2.33/-3.04.
+    "mc-dropout": {"num_steps": 5000, "lr": 1e-2, "p": 0.01},
+    "mc-dropconnect": {"num_steps": 5000, "lr": 1e-2, "p": 0.01},
+    "ensemble": {"size": 5, "epochs": 40, "batch_size": 32, "lr": 1e-2},
     "nuts": {"num_samples": 500, "warmup_steps": 500, "num_chains": 2},
     "hmc": {"num_samples": 500, "warmup_steps": 500, "num_chains": 2},
 }
@@ -158,7 +162,7 @@ TOY_OPTIONS: Dict[str, Dict[str, Any]] = {
     "full-rank": {"num_steps": 2500, "lr": 3e-2, "lr_decay": 0.1},
     "mc-dropout": {"num_steps": 3000, "lr": 1e-2, "p": 0.05},
     "mc-dropconnect": {"num_steps": 3000, "lr": 1e-2, "p": 0.05},
-    "ensemble": {"size": 5, "num_steps": 2000, "lr": 1e-2},
+    "ensemble": {"size": 5, "num_steps": 2000, "lr": 1e-2, "epochs": None, "batch_size": None},
     "nuts": {"num_samples": 200, "warmup_steps": 200, "num_chains": 2, "max_tree_depth": 6},
     "hmc": {"num_samples": 200, "warmup_steps": 200, "num_chains": 2, "num_steps": 20},
 }
@@ -170,7 +174,7 @@ QUICK_OPTIONS: Dict[str, Dict[str, Any]] = {
     "full-rank": {"num_steps": 200, "lr": 3e-2},
     "mc-dropout": {"num_steps": 200, "lr": 1e-2},
     "mc-dropconnect": {"num_steps": 200, "lr": 1e-2},
-    "ensemble": {"size": 3, "num_steps": 200, "lr": 1e-2},
+    "ensemble": {"size": 3, "num_steps": 200, "lr": 1e-2, "epochs": None, "batch_size": None},
     "nuts": {"num_samples": 30, "warmup_steps": 30, "num_chains": 2, "max_tree_depth": 4, "diagnose": False},
     "hmc": {"num_samples": 30, "warmup_steps": 30, "num_chains": 2, "num_steps": 8, "diagnose": False},
 }
