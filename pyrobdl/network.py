@@ -55,6 +55,7 @@ _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 Selector = Union[None, str, type, nn.Module, Callable, Sequence]
 
 DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of activations per predictive chunk
+TARGET_ROWS = 20_000  # samples x inputs per batched predictive pass (see predict_from_samples)
 
 
 @dataclass
@@ -314,10 +315,10 @@ class BayesianNetwork(nn.Module):
         Returns:
             outputs of shape ``B + (N, k)``.
         """
-        named = dict(self.net.named_parameters())
+        named = self._param_shapes()
         batch_shape = None
         for pname, v in params.items():
-            pshape = named[pname].shape
+            pshape = named[pname]
             bs = v.shape[: v.dim() - len(pshape)]
             if v.shape[len(bs):] != pshape:
                 raise ValueError(
@@ -332,11 +333,11 @@ class BayesianNetwork(nn.Module):
             return functional_call(self.net, params, (x,), strict=False)
         B = math.prod(batch_shape)
         if B == 1:  # one sample: a plain pass (2-D matmuls), no vmap
-            single = {k: v.reshape(named[k].shape) for k, v in params.items()}
+            single = {k: v.reshape(named[k]) for k, v in params.items()}
             out = functional_call(self.net, single, (x,), strict=False)
             return out.reshape(batch_shape + out.shape)
         flat = {
-            k: v.expand(batch_shape + named[k].shape).reshape((B,) + named[k].shape)
+            k: v.expand(batch_shape + named[k]).reshape((B,) + named[k])
             for k, v in params.items()
         }
 
@@ -345,6 +346,12 @@ class BayesianNetwork(nn.Module):
 
         out = vmap(one, in_dims=(0,), randomness="different")(flat)
         return out.reshape(batch_shape + out.shape[1:])
+
+    def _param_shapes(self) -> Dict[str, torch.Size]:
+        shapes = self.__dict__.get("_shapes_cache")
+        if shapes is None:
+            shapes = self.__dict__["_shapes_cache"] = {n: p.shape for n, p in self.net.named_parameters()}
+        return shapes
 
     def split_values(self, values: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
         """Split site-name -> value into (network parameters, likelihood latents)."""
@@ -474,8 +481,9 @@ class BayesianNetwork(nn.Module):
         Args:
             x: inputs ``(N, ...)``.
             samples: site name -> values ``(S, *shape)`` for every latent site.
-            chunk_size: samples per batched pass; default: as many as fit in
-                ``max_memory``.
+            chunk_size: samples per batched pass; default: about 20,000 rows
+                (samples x inputs) per pass, one sample per plain pass when ``N``
+                alone exceeds 5,000 rows, and never more than fit in ``max_memory``.
             max_memory: bound in bytes on the activations of one pass
                 (default 512 MiB). Inputs are chunked too when one sample over
                 all inputs exceeds it.
@@ -489,14 +497,19 @@ class BayesianNetwork(nn.Module):
         max_memory = DEFAULT_MAX_MEMORY if max_memory is None else check_positive_int(max_memory, "max_memory")
         per_row = self._bytes_per_row(x)
         if chunk_size is None:
-            chunk_size = max(1, min(S, max_memory // max(per_row * N, 1)))
+            # Measured on the 1->50->50->1 net (benchmarks/bench_svi.py): batching samples pays
+            # while a pass holds up to ~20k rows (S_chunk * N); beyond that a loop of plain 2-D
+            # passes (chunk 1, no vmap) beats one large batched matmul.
+            by_rows = TARGET_ROWS // N
+            chunk_size = 1 if by_rows < 4 else by_rows
+            chunk_size = max(1, min(S, chunk_size, max_memory // max(per_row * N, 1)))
         else:
             chunk_size = check_positive_int(chunk_size, "chunk_size")
         rows = N if per_row * N * chunk_size <= max_memory else max(1, max_memory // (per_row * chunk_size))
         was_training = self.net.training
         self.net.eval()
         try:
-            with torch.no_grad():
+            with torch.inference_mode():
                 outs = []
                 for s0 in range(0, S, chunk_size):
                     p_chunk = {k: v[s0 : s0 + chunk_size] for k, v in params.items()}

@@ -494,7 +494,7 @@ class _SVI(Inference):
         )
         self._check_estimator(model, post)
         params = list(guide.parameters()) + [p for n, p in model.net.named_parameters() if n in set(model._det_names)]
-        opt = torch.optim.Adam(params, lr=self.lr)
+        opt = _adam(params, self.lr)
         num_steps = self.num_steps if self.epochs is None else self.epochs * data.steps_per_epoch(self.batch_size)
         gamma = self.lr_decay ** (1.0 / max(num_steps, 1))
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma) if self.lr_decay != 1.0 else None
@@ -531,6 +531,15 @@ class _SVI(Inference):
 
     def _check_estimator(self, model, post):
         pass
+
+
+def _adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with the fused (one kernel for all tensors) implementation where torch has it for
+    the device; the many small variational tensors make the per-tensor loop a visible cost."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
 def _module_param_names(model: BayesianNetwork, module: nn.Module):
