@@ -1,0 +1,714 @@
+r"""Convergence diagnostics and ArviZ export for every pyrobdl posterior.
+
+**Read the function-space numbers, not the weight-space ones.** A Bayesian
+neural network's posterior is symmetric: permuting the hidden units of a layer
+(with their incoming and outgoing weights) gives the same function, and so
+does flipping the signs of a unit's weights for odd activations such as tanh.
+A layer of :math:`H` tanh units therefore has :math:`H!\,2^H` equivalent modes.
+Chains that converge to *equivalent* modes report weight-space R-hat far above
+1 and tiny weight-space ESS although they describe the same predictions, and a
+single chain that hops between equivalent modes looks mixed in function space
+but not in weight space. Weight-space R-hat and ESS are reported (they matter
+for the noise scale and for networks without such symmetries) but the
+diagnostics to trust are computed on **function values**: the network output
+(regression mean, or class probabilities) at a grid of inputs, draw by draw.
+
+Diagnostics (all computed by ArviZ):
+
+- rank-normalised split :math:`\hat R` (Vehtari et al., 2021): with
+  :math:`M` (split) chains of :math:`N` draws of rank-normalised values,
+  :math:`W` the mean within-chain variance and :math:`B/N` the variance of the
+  chain means, :math:`\hat R = \sqrt{\big(\tfrac{N-1}{N}W + \tfrac BN\big)/W}`;
+  values above 1.01 mean the chains disagree;
+- bulk and tail effective sample sizes
+  :math:`\mathrm{ESS} = MN / (1 + 2\sum_t \hat\rho_t)` (of the rank-normalised
+  values, and of the 5% / 95% quantile indicators);
+- sampler statistics: divergent transitions, step size, tree depth,
+  acceptance rate, E-BFMI.
+
+:func:`to_arviz` (also ``posterior.to_arviz()``) exports draws as ArviZ data
+with a pointwise ``log_likelihood`` group, so ``az.loo`` (PSIS-LOO; Vehtari,
+Gelman & Gabry, 2017) and ``az.waic`` work for MCMC and variational posteriors.
+
+Example::
+
+    posterior = inference.NUTS(num_chains=4).fit(model, x, y)
+    s = diagnostics.summary(posterior)        # prints a table; s.to_dict() for data
+    s.function_rhat_max, s.function_ess_bulk_median, s.num_divergences
+    idata = posterior.to_arviz()
+    az.loo(idata)
+    diagnostics.plot_trace(posterior, x_grid=x_test[:4])   # function values at 4 inputs
+
+References:
+    A. Vehtari, A. Gelman, D. Simpson, B. Carpenter and P.-C. Bürkner,
+    *Rank-normalization, folding, and localization: an improved R-hat for
+    assessing convergence of MCMC*, Bayesian Analysis 16 (2021);
+    A. Vehtari, A. Gelman and J. Gabry, *Practical Bayesian model evaluation
+    using leave-one-out cross-validation and WAIC*, Statistics and Computing 27 (2017);
+    M. Betancourt, *A Conceptual Introduction to Hamiltonian Monte Carlo* (2017), E-BFMI;
+    R. M. Neal, *MCMC using Hamiltonian dynamics* (2011);
+    M. D. Hoffman and A. Gelman, *The No-U-Turn Sampler* (JMLR 2014).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pyro
+import torch
+from torch import nn
+
+from ._validation import check_inputs, check_positive_int
+from .network import DEFAULT_MAX_MEMORY, BayesianNetwork
+
+__all__ = [
+    "Summary",
+    "FunctionSpaceDiagnostics",
+    "summary",
+    "function_space_diagnostics",
+    "rhat_ess",
+    "warn_if_problematic",
+    "to_arviz",
+    "pointwise_log_likelihood",
+    "plot_trace",
+    "plot_rank",
+    "plot_forest",
+    "plot_energy",
+]
+
+#: draws taken from posteriors that are not MCMC (one chain) when not told otherwise
+DEFAULT_NUM_DRAWS = 1000
+#: function-space diagnostics use at most this many training inputs by default
+DEFAULT_GRID_POINTS = 200
+
+
+def _az():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    return az
+
+
+def _arviz_major() -> int:
+    try:
+        return int(_az().__version__.split(".")[0])
+    except Exception:  # pragma: no cover
+        return 0
+
+
+# ============================================================================ draws
+def _is_mcmc(posterior) -> bool:
+    from .inference.mcmc import MCMCPosterior
+
+    return isinstance(posterior, MCMCPosterior)
+
+
+def _chain_draws(posterior, num_samples: Optional[int] = None) -> Dict[str, torch.Tensor]:
+    """Site -> ``(chains, draws, *shape)``. MCMC: per-chain draws (all, or
+    ``num_samples`` in total thinned evenly within each chain); other posteriors:
+    ``num_samples`` (default 1000) draws as one chain."""
+    draws, _ = _chain_draws_idx(posterior, num_samples)
+    return draws
+
+
+def _chain_draws_idx(posterior, num_samples: Optional[int] = None):
+    posterior._check_fitted()
+    if _is_mcmc(posterior):
+        s = posterior.samples
+        if num_samples is None:
+            return s, None
+        C, S = posterior.num_chains, posterior.num_draws
+        num_samples = check_positive_int(num_samples, "num_samples")
+        per = max(1, min(S, num_samples // C))
+        idx = torch.linspace(0, S - 1, per, device=next(iter(s.values())).device).round().long()
+        return {k: v[:, idx] for k, v in s.items()}, idx
+    n = DEFAULT_NUM_DRAWS if num_samples is None else check_positive_int(num_samples, "num_samples")
+    try:
+        flat = posterior.sample_latents(n)
+    except NotImplementedError:
+        raise TypeError(
+            f"{type(posterior).__name__} has no posterior over the model's latent sites (sample_latents), "
+            "so it cannot be exported to ArviZ or diagnosed"
+        ) from None
+    return {k: v.unsqueeze(0) for k, v in flat.items()}, None
+
+
+def _sample_stats(posterior, idx=None) -> Dict[str, np.ndarray]:
+    """ArviZ-ready sampler statistics of an MCMC posterior (thinned like the draws)."""
+    out = {}
+    for k, v in (getattr(posterior, "sample_stats", None) or {}).items():
+        a = _np(v if idx is None else v[:, idx.to(v.device)])
+        if k == "diverging":
+            a = a.astype(bool)
+        elif not np.isfinite(a).any():
+            continue  # e.g. tree_depth of fixed-length HMC
+        out[k] = a
+    return out
+
+
+def _flatten_chains(draws: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], int, int]:
+    C, S = next(iter(draws.values())).shape[:2]
+    return {k: v.reshape((C * S,) + v.shape[2:]) for k, v in draws.items()}, C, S
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+# ============================================================================ ArviZ helpers
+def rhat_ess(values: np.ndarray) -> Dict[str, np.ndarray]:
+    """Rank-normalised split R-hat and bulk/tail ESS of ``values`` shaped
+    ``(chains, draws, K)`` (or ``(chains, draws)``), one per column, by ArviZ.
+    R-hat needs at least two chains (NaN otherwise).
+
+    Returns a dict with ``rhat``, ``ess_bulk``, ``ess_tail`` arrays of shape ``(K,)``.
+    """
+    az = _az()
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise ValueError(f"values must have shape (chains, draws[, K]), got {a.shape}")
+    import warnings
+
+    out = {}
+    multi = a.shape[0] >= 2  # ArviZ's R-hat needs two chains; a single chain reports NaN
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        if _arviz_major() >= 1:  # pragma: no cover - arviz 1.x: array functions with explicit axes
+            kw = dict(chain_axis=0, draw_axis=1)
+            out["rhat"] = np.asarray(az.rhat(a, method="rank", **kw)) if multi else None
+            out["ess_bulk"] = np.asarray(az.ess(a, method="bulk", **kw))
+            out["ess_tail"] = np.asarray(az.ess(a, method="tail", **kw))
+        else:
+            ds = az.convert_to_dataset({"v": a})
+            out["rhat"] = np.asarray(az.rhat(ds, method="rank")["v"].values) if multi else None
+            out["ess_bulk"] = np.asarray(az.ess(ds, method="bulk")["v"].values)
+            out["ess_tail"] = np.asarray(az.ess(ds, method="tail")["v"].values)
+    if out["rhat"] is None:
+        out["rhat"] = np.full(a.shape[2:], np.nan)
+    return {k: v.reshape(-1) for k, v in out.items()}
+
+
+def _nanmax(a) -> float:
+    a = np.asarray(a, dtype=float)
+    return float(np.nanmax(a)) if a.size and np.isfinite(a).any() else float("nan")
+
+
+def _nanmin(a) -> float:
+    a = np.asarray(a, dtype=float)
+    return float(np.nanmin(a)) if a.size and np.isfinite(a).any() else float("nan")
+
+
+def _nanmedian(a) -> float:
+    a = np.asarray(a, dtype=float)
+    return float(np.nanmedian(a)) if a.size and np.isfinite(a).any() else float("nan")
+
+
+# ============================================================================ function space
+@dataclass
+class FunctionSpaceDiagnostics:
+    """R-hat and ESS of the network's predictions at a grid of inputs.
+
+    Attributes:
+        rhat: rank-normalised split R-hat per grid value, shape ``(K,)``
+            (``K`` = points × outputs).
+        ess_bulk, ess_tail: bulk and tail ESS per grid value.
+        rhat_max, ess_bulk_min, ess_bulk_median, ess_tail_min: summaries.
+        num_points: number of grid inputs.
+        quantity: ``"mean"`` (regression: the per-draw predictive mean
+            :math:`\\mu_\\theta(x)`) or ``"probs"`` (classification: per-draw
+            class probabilities).
+    """
+
+    rhat: np.ndarray
+    ess_bulk: np.ndarray
+    ess_tail: np.ndarray
+    num_points: int
+    quantity: str
+    rhat_max: float = field(init=False)
+    ess_bulk_min: float = field(init=False)
+    ess_bulk_median: float = field(init=False)
+    ess_tail_min: float = field(init=False)
+
+    def __post_init__(self):
+        self.rhat_max = _nanmax(self.rhat)
+        self.ess_bulk_min = _nanmin(self.ess_bulk)
+        self.ess_bulk_median = _nanmedian(self.ess_bulk)
+        self.ess_tail_min = _nanmin(self.ess_tail)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "rhat_max": self.rhat_max,
+            "ess_bulk_min": self.ess_bulk_min,
+            "ess_bulk_median": self.ess_bulk_median,
+            "ess_tail_min": self.ess_tail_min,
+            "num_points": self.num_points,
+            "quantity": self.quantity,
+        }
+
+
+def _default_grid(posterior, x_grid, max_points: int) -> Optional[torch.Tensor]:
+    if x_grid is not None:
+        return check_inputs(x_grid, "x_grid")
+    x = getattr(posterior, "x", None)
+    if x is None:
+        return None
+    if x.shape[0] > max_points:
+        idx = torch.linspace(0, x.shape[0] - 1, max_points, device=x.device).round().long()
+        x = x[idx]
+    return x
+
+
+def function_values(posterior, x_grid, *, num_samples: Optional[int] = None) -> np.ndarray:
+    """The per-draw prediction at ``x_grid`` as ``(chains, draws, K)``: the
+    regression mean (``loc``) or the class probabilities, flattened over points
+    and outputs."""
+    model: BayesianNetwork = posterior.model
+    x = check_inputs(x_grid, "x_grid").to(model.device, model.dtype)
+    draws = _chain_draws(posterior, num_samples)
+    flat, C, S = _flatten_chains(draws)
+    with pyro.validation_enabled(False):
+        pred = model.predict_from_samples(x, flat)
+    t = pred.samples["loc"] if "loc" in pred.samples else pred.samples["probs"]
+    return _np(t).reshape(C, S, -1)
+
+
+def function_space_diagnostics(
+    posterior, x_grid=None, *, num_samples: Optional[int] = None, max_points: int = DEFAULT_GRID_POINTS
+) -> FunctionSpaceDiagnostics:
+    r"""R-hat and ESS of the predictions :math:`f_{\theta_s}(x)` at ``x_grid``.
+
+    These are the convergence diagnostics to trust for a BNN (see the module
+    docstring): unlike the weights, function values are invariant to the
+    permutation and sign-flip symmetries of hidden units.
+
+    Args:
+        posterior: a fitted posterior (MCMC: per chain; others: draws as one chain).
+        x_grid: inputs ``(G, ...)``; default: the training inputs an MCMC
+            posterior stores, at most ``max_points`` of them evenly spaced.
+        num_samples: draws to use (default: all MCMC draws, or 1000).
+
+    Raises:
+        ValueError: no ``x_grid`` and the posterior stores no training inputs.
+    """
+    grid = _default_grid(posterior, x_grid, max_points)
+    if grid is None:
+        raise ValueError(
+            "function-space diagnostics need inputs; pass x_grid (e.g. a few hundred test or training inputs)"
+        )
+    vals = function_values(posterior, grid, num_samples=num_samples)
+    d = rhat_ess(vals)
+    quantity = "mean" if posterior.model.likelihood.task == "regression" else "probs"
+    return FunctionSpaceDiagnostics(d["rhat"], d["ess_bulk"], d["ess_tail"], int(grid.shape[0]), quantity)
+
+
+# ============================================================================ summary
+@dataclass
+class Summary:
+    """Convergence summary of a posterior (see :func:`summary`).
+
+    Weight-space numbers (``rhat_max``, ``ess_bulk_min``, ``ess_tail_min``) are
+    over every scalar latent; for BNNs they are dominated by the symmetries of
+    hidden units and are **not** a convergence verdict. The ``function_*``
+    numbers are.
+    """
+
+    method: str
+    num_chains: int
+    num_draws: int
+    rhat_max: float
+    ess_bulk_min: float
+    ess_tail_min: float
+    function_rhat_max: Optional[float]
+    function_ess_bulk_min: Optional[float]
+    function_ess_bulk_median: Optional[float]
+    function_ess_tail_min: Optional[float]
+    num_divergences: Optional[int] = None
+    step_size_mean: Optional[float] = None
+    tree_depth_mean: Optional[float] = None
+    n_steps_mean: Optional[float] = None
+    acceptance_rate_mean: Optional[float] = None
+    max_tree_depth_fraction: Optional[float] = None
+    bfmi_min: Optional[float] = None
+    per_site: Dict[str, Dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        def f(v, fmt="{:.3f}"):
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+        lines = [
+            f"{self.method} posterior: {self.num_chains} chain(s) x {self.num_draws} draws",
+            "function space (trust these):",
+            f"  R-hat max {f(self.function_rhat_max)}   bulk ESS min/median {f(self.function_ess_bulk_min, '{:.0f}')}/"
+            f"{f(self.function_ess_bulk_median, '{:.0f}')}   tail ESS min {f(self.function_ess_tail_min, '{:.0f}')}",
+            "weight space (symmetric modes make these pessimistic for BNNs):",
+            f"  R-hat max {f(self.rhat_max)}   bulk ESS min {f(self.ess_bulk_min, '{:.0f}')}   tail ESS min {f(self.ess_tail_min, '{:.0f}')}",
+        ]
+        if self.num_divergences is not None:
+            lines += [
+                "sampler:",
+                f"  divergences {self.num_divergences}   step size {f(self.step_size_mean, '{:.3g}')}   "
+                f"tree depth {f(self.tree_depth_mean, '{:.2f}')}   leapfrog steps {f(self.n_steps_mean, '{:.1f}')}   "
+                f"acceptance {f(self.acceptance_rate_mean)}   E-BFMI min {f(self.bfmi_min)}",
+            ]
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def summary(
+    posterior,
+    *,
+    x_grid=None,
+    num_samples: Optional[int] = None,
+    max_points: int = DEFAULT_GRID_POINTS,
+) -> Summary:
+    r"""Convergence summary: weight-space R-hat (max) and bulk/tail ESS (min)
+    over every scalar latent, the same on function values at ``x_grid``, and for
+    MCMC the number of divergences, mean step size, tree depth, leapfrog steps,
+    acceptance rate, fraction of iterations that hit the maximum tree depth and
+    the minimum E-BFMI over chains.
+
+    Works for every posterior with latent draws (variational ones as one chain,
+    where R-hat is the split-chain R-hat of independent draws).
+
+    Args:
+        x_grid: inputs for the function-space diagnostics (default: the
+            training inputs stored by MCMC posteriors, at most ``max_points``
+            of them); without them, the ``function_*`` fields are ``None``.
+        num_samples: draws to use (default: all MCMC draws, or 1000).
+
+    Example::
+
+        s = pyrobdl.diagnostics.summary(posterior)
+        print(s)
+        s.to_dict()["function_rhat_max"]
+    """
+    draws = _chain_draws(posterior, num_samples)
+    C, S = next(iter(draws.values())).shape[:2]
+    names = list(draws)
+    per_site = {}
+    allv = np.concatenate([_np(draws[k]).reshape(C, S, -1) for k in names], -1)
+    d = rhat_ess(allv)
+    off = 0
+    for k in names:
+        n = int(np.prod(draws[k].shape[2:])) if draws[k].dim() > 2 else 1
+        per_site[k] = {
+            "rhat_max": _nanmax(d["rhat"][off : off + n]),
+            "ess_bulk_min": _nanmin(d["ess_bulk"][off : off + n]),
+            "ess_tail_min": _nanmin(d["ess_tail"][off : off + n]),
+        }
+        off += n
+    grid = _default_grid(posterior, x_grid, max_points)
+    fs = function_space_diagnostics(posterior, grid, num_samples=num_samples) if grid is not None else None
+    out = Summary(
+        method=getattr(posterior, "method", type(posterior).__name__) or type(posterior).__name__,
+        num_chains=int(C),
+        num_draws=int(S),
+        rhat_max=_nanmax(d["rhat"]),
+        ess_bulk_min=_nanmin(d["ess_bulk"]),
+        ess_tail_min=_nanmin(d["ess_tail"]),
+        function_rhat_max=None if fs is None else fs.rhat_max,
+        function_ess_bulk_min=None if fs is None else fs.ess_bulk_min,
+        function_ess_bulk_median=None if fs is None else fs.ess_bulk_median,
+        function_ess_tail_min=None if fs is None else fs.ess_tail_min,
+        per_site=per_site,
+    )
+    stats = getattr(posterior, "sample_stats", None)
+    if _is_mcmc(posterior) and stats:
+        def mean(k):
+            v = stats.get(k)
+            if v is None:
+                return None
+            v = v.double()
+            return float(v[torch.isfinite(v)].mean()) if torch.isfinite(v).any() else None
+
+        out.num_divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
+        out.step_size_mean = mean("step_size")
+        out.tree_depth_mean = mean("tree_depth")
+        out.n_steps_mean = mean("n_steps")
+        out.acceptance_rate_mean = mean("acceptance_rate")
+        max_depth = posterior.fit_info.get("settings", {}).get("max_tree_depth")
+        if max_depth is not None and "tree_depth" in stats:
+            out.max_tree_depth_fraction = float((stats["tree_depth"] >= max_depth).double().mean())
+        if "energy" in stats and stats["energy"].shape[1] > 2:
+            e = _np(stats["energy"]).astype(np.float64)
+            num = np.square(np.diff(e, axis=1)).mean(axis=1)
+            den = e.var(axis=1)
+            with np.errstate(all="ignore"):
+                out.bfmi_min = _nanmin(num / den)
+    return out
+
+
+def warn_if_problematic(
+    posterior_or_summary,
+    *,
+    rhat_threshold: float = 1.01,
+    min_ess_per_chain: float = 100.0,
+    x_grid=None,
+) -> List[str]:
+    """Issue a :class:`UserWarning` for each convergence problem, saying what to try:
+
+    - function-space R-hat above ``rhat_threshold`` (weight-space R-hat is
+      quoted but, for BNNs, not a criterion);
+    - bulk ESS below ``min_ess_per_chain`` per chain;
+    - divergent transitions;
+    - NUTS iterations that hit the maximum tree depth (more than 10%);
+    - E-BFMI below 0.3.
+
+    Returns the messages (an empty list when all is well). Called by
+    :class:`~pyrobdl.inference.NUTS` / :class:`~pyrobdl.inference.HMC` after sampling.
+    """
+    from .inference.base import warn_user
+
+    s = posterior_or_summary if isinstance(posterior_or_summary, Summary) else summary(posterior_or_summary, x_grid=x_grid)
+    msgs = []
+    C = s.num_chains
+    rh = s.function_rhat_max if s.function_rhat_max is not None else s.rhat_max
+    where = "of the predictions (function space)" if s.function_rhat_max is not None else "(weight space)"
+    if rh is not None and math.isfinite(rh) and rh > rhat_threshold:
+        msgs.append(
+            f"R-hat {where} is {rh:.3f} > {rhat_threshold}: the chains have not converged to the same "
+            f"distribution over functions (weight-space R-hat {s.rhat_max:.2f}, not meaningful for BNNs because of "
+            "hidden-unit symmetries). Try more warmup_steps and num_samples, more chains, init='map', or "
+            "standardise x and y; treat the predictive uncertainty with care."
+        )
+    ess = s.function_ess_bulk_min if s.function_ess_bulk_min is not None else s.ess_bulk_min
+    if ess is not None and math.isfinite(ess) and ess < min_ess_per_chain * C:
+        msgs.append(
+            f"bulk ESS {where.replace('of the predictions ', '')} is only {ess:.0f} (< {min_ess_per_chain:.0f} per chain "
+            f"x {C} chains): the Monte Carlo error of posterior means is large. Increase num_samples or num_chains; "
+            "if the tree depth is at its maximum, raise max_tree_depth or use dense_mass=True."
+        )
+    if s.num_divergences:
+        msgs.append(
+            f"{s.num_divergences} of {C * s.num_draws} post-warmup transitions diverged: the sampler missed regions "
+            "of high curvature and the draws may be biased. Try target_accept=0.95 (or 0.99), more warmup_steps, "
+            "standardise x and y, or a tighter prior (reparameterise funnel-like priors)."
+        )
+    if s.max_tree_depth_fraction is not None and s.max_tree_depth_fraction > 0.1:
+        msgs.append(
+            f"NUTS hit max_tree_depth in {100 * s.max_tree_depth_fraction:.0f}% of the iterations, so trajectories "
+            "were cut short: raise max_tree_depth, use dense_mass=True, or standardise x and y."
+        )
+    if s.bfmi_min is not None and math.isfinite(s.bfmi_min) and s.bfmi_min < 0.3:
+        msgs.append(
+            f"E-BFMI is {s.bfmi_min:.2f} (< 0.3): momentum resampling explores the energy levels poorly; "
+            "more warmup_steps or a reparameterisation may help."
+        )
+    for m in msgs:
+        warn_user(m)
+    return msgs
+
+
+# ============================================================================ log-likelihood
+def pointwise_log_likelihood(
+    model: BayesianNetwork,
+    values: Dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    max_memory: Optional[int] = None,
+    predictive: bool = False,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    r""":math:`\log p(y_n\mid x_n,\theta_s)` for draws ``values`` (site ->
+    ``(S, *shape)``), shape ``(S, N)``, in batched passes over chunks of draws
+    (activations bounded by ``max_memory`` bytes, default 512 MiB).
+
+    With ``predictive=True`` also returns one replicated data set per draw,
+    :math:`\tilde y_s\sim p(y\mid x,\theta_s)`, shape ``(S, N, *event)``.
+    """
+    S = next(iter(values.values())).shape[0]
+    N = x.shape[0]
+    max_memory = DEFAULT_MAX_MEMORY if max_memory is None else check_positive_int(max_memory, "max_memory")
+    per_row = model._bytes_per_row(x)
+    chunk = max(1, min(S, max_memory // max(per_row * N, 1)))
+    lls, reps = [], []
+    was = model.net.training
+    model.net.eval()
+    try:
+        with torch.no_grad(), pyro.validation_enabled(False):
+            for s0 in range(0, S, chunk):
+                v = {k: t[s0 : s0 + chunk] for k, t in values.items()}
+                params, lats = model.split_values(v)
+                out = model.apply(params, x)
+                lls.append(model.log_likelihood(v, x, y, pointwise=True, out=out))
+                if predictive:
+                    reps.append(model.likelihood.dist(out, lats).sample())
+    finally:
+        model.net.train(was)
+    ll = torch.cat(lls, 0)
+    return ll, (torch.cat(reps, 0) if predictive else None)
+
+
+# ============================================================================ ArviZ export
+def _site_dims(model: BayesianNetwork, draws: Dict[str, torch.Tensor]) -> Dict[str, List[str]]:
+    """Readable dimension names: a Linear layer's weight is (``<layer>_out``,
+    ``<layer>_in``) and its bias (``<layer>_out``), so they share the unit axis."""
+    dims = {}
+    site_to_param = {site: p for p, site in model._site_of.items()}
+    owners = getattr(model, "_owners", {})
+    for site, v in draws.items():
+        shape = v.shape[2:]
+        if len(shape) == 0:
+            continue
+        pname = site_to_param.get(site)
+        module = owners.get(pname) if pname is not None else None
+        layer = site.rsplit(".", 1)[0] if "." in site else (model.name or "net")
+        leaf = pname.rsplit(".", 1)[-1] if pname else ""
+        if isinstance(module, nn.Linear) and leaf == "weight" and len(shape) == 2:
+            dims[site] = [f"{layer}_out", f"{layer}_in"]
+        elif isinstance(module, nn.Linear) and leaf == "bias" and len(shape) == 1:
+            dims[site] = [f"{layer}_out"]
+        else:
+            dims[site] = [f"{site}_dim_{i}" for i in range(len(shape))]
+    return dims
+
+
+def _from_dict(groups: Dict[str, Dict[str, np.ndarray]], dims, attrs: Dict[str, Any]):
+    """``az.from_dict`` for arviz 0.x (keyword groups -> InferenceData) and 1.x
+    (one nested mapping -> xarray.DataTree)."""
+    az = _az()
+    groups = {k: v for k, v in groups.items() if v}
+    if _arviz_major() >= 1:  # pragma: no cover - not installable on Python 3.11
+        return az.from_dict(groups, dims=dims, attrs={g: dict(attrs) for g in groups})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return az.from_dict(**groups, dims=dims, attrs=attrs)
+
+
+def to_arviz(
+    posterior,
+    x=None,
+    y=None,
+    *,
+    num_samples: Optional[int] = None,
+    posterior_predictive: bool = True,
+    max_memory: Optional[int] = None,
+):
+    """Export a posterior to ArviZ (``az.from_dict``): ``InferenceData`` with
+    arviz 0.x, ``xarray.DataTree`` with arviz 1.x.
+
+    Groups:
+
+    - ``posterior``: every latent site, named as in the model (``"0.weight"``,
+      ``"sigma"``), dims ``chain × draw × ...`` (a Linear layer's weight has
+      dims ``<layer>_out, <layer>_in``);
+    - ``sample_stats`` (MCMC): ``diverging``, ``energy``, ``tree_depth``
+      (NUTS), ``n_steps``, ``step_size``, ``acceptance_rate``, ``lp``;
+    - ``log_likelihood``: pointwise :math:`\\log p(y_n\\mid x_n,\\theta)` as
+      variable ``obs`` (dims ``chain × draw × obs_id``), so ``az.loo`` and
+      ``az.waic`` work;
+    - ``posterior_predictive`` (replicated ``obs``) and ``observed_data`` (``y``).
+
+    The data groups need ``x`` and ``y``; MCMC posteriors default to the
+    training data they were fitted on. Variational posteriors export
+    ``num_samples`` (default 1000) draws as one chain.
+
+    Example::
+
+        idata = posterior.to_arviz()                # MCMC: training data
+        idata = svi_posterior.to_arviz(x, y)         # one chain of 1000 draws
+        az.loo(idata), az.waic(idata)
+    """
+    model: BayesianNetwork = posterior.model
+    draws, idx = _chain_draws_idx(posterior, num_samples)
+    flat, C, S = _flatten_chains(draws)
+    if x is None and y is None and _is_mcmc(posterior):
+        x, y = posterior.x, posterior.y
+    elif (x is None) != (y is None):
+        raise ValueError("pass both x and y (the data for the log_likelihood and observed_data groups), or neither")
+    groups: Dict[str, Dict[str, np.ndarray]] = {"posterior": {k: _np(v) for k, v in draws.items()}}
+    dims = _site_dims(model, draws)
+    if _is_mcmc(posterior):
+        groups["sample_stats"] = _sample_stats(posterior, idx)
+    if x is not None:
+        x, y = model.check_data(x, y)
+        x, y = x.to(model.device), y.to(model.device)
+        ll, rep = pointwise_log_likelihood(model, flat, x, y, max_memory=max_memory, predictive=posterior_predictive)
+        obs = model.obs_name
+        groups["log_likelihood"] = {obs: _np(ll).reshape(C, S, -1)}
+        if rep is not None:
+            groups["posterior_predictive"] = {obs: _np(rep).reshape((C, S) + tuple(rep.shape[1:]))}
+        groups["observed_data"] = {obs: _np(y)}
+        dims[obs] = ["obs_id"]
+    attrs = {"inference_library": "pyrobdl", "method": str(getattr(posterior, "method", ""))}
+    return _from_dict(groups, dims, attrs)
+
+
+def _posterior_only(posterior, num_samples=None):
+    """ArviZ data with the posterior (and MCMC sample_stats) only: no likelihood pass."""
+    draws, idx = _chain_draws_idx(posterior, num_samples)
+    groups = {"posterior": {k: _np(v) for k, v in draws.items()}}
+    if _is_mcmc(posterior):
+        groups["sample_stats"] = _sample_stats(posterior, idx)
+    return _from_dict(groups, _site_dims(posterior.model, draws), {"inference_library": "pyrobdl"})
+
+
+def _function_idata(posterior, x_grid, num_samples=None):
+    vals = function_values(posterior, x_grid, num_samples=num_samples)
+    return _from_dict({"posterior": {"f": vals}}, {"f": ["f_point"]}, {"inference_library": "pyrobdl"})
+
+
+def _plot_data(posterior, x_grid, num_samples):
+    if x_grid is not None:
+        return _function_idata(posterior, x_grid, num_samples)
+    return _posterior_only(posterior, num_samples)
+
+
+def _call_plot(name: str, data, **kwargs):
+    az = _az()
+    kwargs.setdefault("show", False)
+    if _arviz_major() >= 1:  # pragma: no cover - arviz-plots API
+        kwargs.pop("show", None)
+        alt = {"plot_trace": "plot_trace_dist", "plot_rank": "plot_rank", "plot_forest": "plot_forest", "plot_energy": "plot_energy"}[name]
+        pc = getattr(az, alt)(data, backend="matplotlib", **kwargs)
+        return getattr(pc, "viz", pc)
+    return getattr(az, name)(data, **kwargs)
+
+
+def plot_trace(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=None, num_samples: Optional[int] = None, **kwargs):
+    """Trace plot (``az.plot_trace``) of the weights, or, with ``x_grid``, of the
+    function values at those inputs (the meaningful view for BNNs; keep the grid
+    to a handful of points). Returns the matplotlib Axes array; never shows."""
+    data = _plot_data(posterior, x_grid, num_samples)
+    if var_names is not None and x_grid is None:
+        kwargs["var_names"] = list(var_names)
+    return _call_plot("plot_trace", data, **kwargs)
+
+
+def plot_rank(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=None, num_samples: Optional[int] = None, **kwargs):
+    """Rank plot (``az.plot_rank``; Vehtari et al. 2021) of weights or, with
+    ``x_grid``, of function values. Returns matplotlib Axes."""
+    data = _plot_data(posterior, x_grid, num_samples)
+    if var_names is not None and x_grid is None:
+        kwargs["var_names"] = list(var_names)
+    return _call_plot("plot_rank", data, **kwargs)
+
+
+def plot_forest(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=None, num_samples: Optional[int] = None, **kwargs):
+    """Forest plot (``az.plot_forest``) of weights or, with ``x_grid``, of
+    function values; with ``r_hat=True`` / ``ess=True`` it adds those columns.
+    Returns matplotlib Axes."""
+    data = _plot_data(posterior, x_grid, num_samples)
+    if var_names is not None and x_grid is None:
+        kwargs["var_names"] = list(var_names)
+    return _call_plot("plot_forest", data, **kwargs)
+
+
+def plot_energy(posterior, **kwargs):
+    """Energy plot (``az.plot_energy``): marginal energy vs energy transitions,
+    with E-BFMI. MCMC posteriors only. Returns a matplotlib Axes."""
+    if not _is_mcmc(posterior) or "energy" not in posterior.sample_stats:
+        raise ValueError("plot_energy needs an MCMC posterior (HMC/NUTS) with recorded energies")
+    return _call_plot("plot_energy", _posterior_only(posterior), **kwargs)
