@@ -126,7 +126,11 @@ def _chain_draws_idx(posterior, num_samples: Optional[int] = None):
         per = max(1, min(S, num_samples // C))
         idx = torch.linspace(0, S - 1, per, device=next(iter(s.values())).device).round().long()
         return {k: v[:, idx] for k, v in s.items()}, idx
-    n = DEFAULT_NUM_DRAWS if num_samples is None else check_positive_int(num_samples, "num_samples")
+    if num_samples is None:
+        # posteriors with a fixed set of draws (ensembles: one per member) give all of them
+        n = None if getattr(posterior, "default_num_samples", 1) is None else DEFAULT_NUM_DRAWS
+    else:
+        n = check_positive_int(num_samples, "num_samples")
     try:
         flat = posterior.sample_latents(n)
     except NotImplementedError:
@@ -388,8 +392,7 @@ def summary(
 
     Example::
 
-        s = pyrobdl.diagnostics.summary(posterior)
-        print(s)
+        s = pyrobdl.diagnostics.summary(posterior)   # its repr is a readable table
         s.to_dict()["function_rhat_max"]
     """
     draws = _chain_draws(posterior, num_samples)

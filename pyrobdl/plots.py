@@ -3,7 +3,7 @@ r"""Plots for uncertainty evaluation (matplotlib only).
 Every function takes an optional ``ax=`` to draw into and returns what it drew
 on: the :class:`~matplotlib.axes.Axes`, except :func:`reliability_diagram`,
 which returns the :class:`~matplotlib.figure.Figure` (it may add a second axes
-for the bin counts). No function calls ``plt.show()``; in a notebook the figure
+for the bin counts). No function shows the figure itself; in a notebook the figure
 displays itself, in a script call ``fig.savefig(...)``.
 
 ==================================  =============================================
