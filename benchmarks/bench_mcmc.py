@@ -195,7 +195,7 @@ def run_numpyro(x, y, grid, seed, warmup, samples):
     mcmc.run(jax.random.PRNGKey(seed), jnp.asarray(x.numpy()), jnp.asarray(y.numpy()))
     jax.block_until_ready(mcmc.get_samples())
     secs = time.perf_counter() - t0
-    draws = {k: torch.as_tensor(np.asarray(v)) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    draws = {k: torch.as_tensor(np.array(v)) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     return {"seconds": secs, "ess": function_ess(toy_model(), draws, grid), "version": numpyro.__version__}
 
 

@@ -19,6 +19,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore::matplotlib.MatplotlibDeprecationWarning")
+
 FAST = dict(compile=False, progress=False, diagnose=False, chain_method="sequential")
 
 

@@ -218,6 +218,7 @@ def test_large_network_warns_pointing_to_vi():
         inference.NUTS(num_samples=1, warmup_steps=0, num_chains=1, max_tree_depth=1, seed=0, **FAST).fit(model, x, y)
 
 
+@pytest.mark.filterwarnings("ignore:bulk ESS")
 def test_divergences_warn_after_sampling():
     X, y = blr_data(N=30)
     with pytest.warns(UserWarning, match="target_accept"):
