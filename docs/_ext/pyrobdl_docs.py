@@ -192,7 +192,7 @@ def markdown_to_rst(md: str) -> List[str]:
     return out
 
 
-def tutorial_to_rst(path: str, figures_dir: str, figures_rel: str) -> List[str]:
+def tutorial_to_rst(path: str, figures_dir: str, figures_rel: str, source_rel: str = "") -> List[str]:
     """reST lines for one jupytext percent-format tutorial."""
     import jupytext
 
@@ -204,14 +204,15 @@ def tutorial_to_rst(path: str, figures_dir: str, figures_rel: str) -> List[str]:
         src = cell.source
         if cell.cell_type == "markdown":
             rst = markdown_to_rst(src)
-            out += rst
+            out += rst + [""]
             if not titled and rst:
                 titled = True
                 out += [
                     f".. note:: This page is the tutorial script ``tutorials/{name}`` "
                     "(a jupytext percent-format file: open it as a notebook with jupytext, or run it with "
                     f"``python tutorials/{name}``). It is shown here without being run; the pictures are "
-                    "the ones the script saved.",
+                    "the ones the script saved."
+                    + (f" :download:`Download the script <{source_rel}>`." if source_rel else ""),
                     "",
                 ]
         elif cell.cell_type == "code":
@@ -237,7 +238,7 @@ class TutorialDirective(Directive):
         figures_dir = os.path.join(os.path.dirname(abs_path), "_figures")
         figures_rel = os.path.join(os.path.dirname(self.arguments[0]), "_figures").replace(os.sep, "/")
         try:
-            lines = tutorial_to_rst(abs_path, figures_dir, figures_rel)
+            lines = tutorial_to_rst(abs_path, figures_dir, figures_rel, self.arguments[0])
         except (OSError, MarkdownError) as e:
             raise self.error(f"cannot render tutorial {self.arguments[0]}: {e}")
         if os.path.isdir(figures_dir):
