@@ -55,7 +55,7 @@ source_suffix = {".rst": "restructuredtext"}
 master_doc = root_doc = "index"
 pygments_style = "sphinx"
 html_theme = "alabaster"
-html_theme_options = {"description": "Bayesian deep learning on Pyro", "fixed_sidebar": True}
+html_theme_options = {"description": "Bayesian deep learning on Pyro", "fixed_sidebar": True, "page_width": "1200px", "sidebar_width": "240px"}
 html_static_path = []
 html_title = f"pyrobdl {release}"
 

@@ -72,7 +72,13 @@ def _int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``pyrobdl`` command."""
+    """The argument parser of the ``pyrobdl`` command.
+
+    Example:
+        >>> args = build_parser().parse_args(["compare", "--dataset", "boston", "--methods", "mean-field,ensemble", "--quick"])
+        >>> args.command, args.dataset, args.methods, args.quick
+        ('compare', 'boston', 'mean-field,ensemble', True)
+    """
     from . import __version__
 
     parser = _Parser(prog="pyrobdl", description="Bayesian deep learning on Pyro: compare inference methods.")
@@ -180,7 +186,14 @@ def _compare(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the ``pyrobdl`` command with ``argv`` (default ``sys.argv[1:]``);
-    returns the exit code."""
+    returns the exit code (0 ok, 1 report written but a method failed, 2 bad input).
+
+    Example:
+        >>> main(["datasets"])        # doctest: +ELLIPSIS
+        name            task                 n      d   train/test  ood  splits  description
+        toy-regression  regression ...
+        0
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # the command writes PNG files; no windows

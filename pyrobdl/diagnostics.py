@@ -170,6 +170,21 @@ def rhat_ess(values: np.ndarray) -> Dict[str, np.ndarray]:
     R-hat needs at least two chains (NaN otherwise).
 
     Returns a dict with ``rhat``, ``ess_bulk``, ``ess_tail`` arrays of shape ``(K,)``.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> mixed = rhat_ess(rng.normal(size=(4, 500)))                  # 4 chains, same target
+        >>> round(float(mixed["rhat"][0]), 2)
+        1.0
+        >>> stuck = rhat_ess(np.stack([rng.normal(0, 1, 500), rng.normal(3, 1, 500)]))
+        >>> bool(stuck["rhat"][0] > 1.5), bool(stuck["ess_bulk"][0] < 10)   # chains disagree
+        (True, True)
+
+    References:
+        A. Vehtari, A. Gelman, D. Simpson, B. Carpenter and P.-C. Bürkner,
+        *Rank-normalization, folding, and localization: an improved R-hat for
+        assessing convergence of MCMC*, Bayesian Analysis 16 (2021).
     """
     az = _az()
     a = np.asarray(values, dtype=np.float64)
@@ -227,6 +242,11 @@ class FunctionSpaceDiagnostics:
         quantity: ``"mean"`` (regression: the per-draw predictive mean
             :math:`\\mu_\\theta(x)`) or ``"probs"`` (classification: per-draw
             class probabilities).
+
+    Example (not run here: sampling takes seconds)::
+
+        fs = diagnostics.function_space_diagnostics(posterior, x_test[:200])
+        fs.rhat_max, fs.ess_bulk_median, fs.to_dict()
     """
 
     rhat: np.ndarray
@@ -299,6 +319,12 @@ def function_space_diagnostics(
 
     Raises:
         ValueError: no ``x_grid`` and the posterior stores no training inputs.
+
+    Example (not run here: sampling takes seconds)::
+
+        posterior = inference.NUTS(num_samples=500, num_chains=4).fit(model, x, y)
+        fs = function_space_diagnostics(posterior, x_grid=x_test)
+        fs.rhat_max < 1.01, fs.ess_bulk_min > 400     # converged in function space?
     """
     grid = _default_grid(posterior, x_grid, max_points)
     if grid is None:
@@ -320,6 +346,13 @@ class Summary:
     over every scalar latent; for BNNs they are dominated by the symmetries of
     hidden units and are **not** a convergence verdict. The ``function_*``
     numbers are.
+
+    Example (not run here: sampling takes seconds)::
+
+        s = diagnostics.summary(posterior)
+        print(s)            # function-space and weight-space R-hat/ESS, sampler statistics
+        s.function_rhat_max, s.num_divergences, s.bfmi_min
+        s.to_dict()         # plain data, as in pyrobdl compare's results.json
     """
 
     method: str
@@ -469,6 +502,12 @@ def warn_if_problematic(
 
     Returns the messages (an empty list when all is well). Called by
     :class:`~pyrobdl.inference.NUTS` / :class:`~pyrobdl.inference.HMC` after sampling.
+
+    Example (not run here: sampling takes seconds)::
+
+        messages = diagnostics.warn_if_problematic(posterior, rhat_threshold=1.05)
+        if not messages:
+            print("no convergence problem found")
     """
     from .inference.base import warn_user
 
@@ -528,6 +567,17 @@ def pointwise_log_likelihood(
 
     With ``predictive=True`` also returns one replicated data set per draw,
     :math:`\tilde y_s\sim p(y\mid x,\theta_s)`, shape ``(S, N, *event)``.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
+        >>> model = BayesianNetwork(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)),
+        ...                         prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> posterior = inference.MeanField(num_steps=20, progress=False).fit(model, x, y)
+        >>> ll, y_rep = pointwise_log_likelihood(model, posterior.sample_latents(10), x, y, predictive=True)
+        >>> ll.shape, y_rep.shape          # (S, N): the input of PSIS-LOO / WAIC
+        (torch.Size([10, 20]), torch.Size([10, 20]))
     """
     S = next(iter(values.values())).shape[0]
     N = x.shape[0]
@@ -683,7 +733,13 @@ def _call_plot(name: str, data, **kwargs):
 def plot_trace(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=None, num_samples: Optional[int] = None, **kwargs):
     """Trace plot (``az.plot_trace``) of the weights, or, with ``x_grid``, of the
     function values at those inputs (the meaningful view for BNNs; keep the grid
-    to a handful of points). Returns the matplotlib Axes array; never shows."""
+    to a handful of points). Returns the matplotlib Axes array; never shows.
+
+    Example (not run here: sampling takes seconds)::
+
+        axes = diagnostics.plot_trace(posterior, x_grid=x_test[:4])   # function values at 4 inputs
+        axes[0, 0].figure.savefig("trace.png")
+    """
     data = _plot_data(posterior, x_grid, num_samples)
     if var_names is not None and x_grid is None:
         kwargs["var_names"] = list(var_names)
@@ -692,7 +748,12 @@ def plot_trace(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=N
 
 def plot_rank(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=None, num_samples: Optional[int] = None, **kwargs):
     """Rank plot (``az.plot_rank``; Vehtari et al. 2021) of weights or, with
-    ``x_grid``, of function values. Returns matplotlib Axes."""
+    ``x_grid``, of function values. Returns matplotlib Axes.
+
+    Example (not run here: sampling takes seconds)::
+
+        axes = diagnostics.plot_rank(posterior, x_grid=x_test[:2])   # roughly uniform ranks = mixed chains
+    """
     data = _plot_data(posterior, x_grid, num_samples)
     if var_names is not None and x_grid is None:
         kwargs["var_names"] = list(var_names)
@@ -702,7 +763,12 @@ def plot_rank(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=No
 def plot_forest(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=None, num_samples: Optional[int] = None, **kwargs):
     """Forest plot (``az.plot_forest``) of weights or, with ``x_grid``, of
     function values; with ``r_hat=True`` / ``ess=True`` it adds those columns.
-    Returns matplotlib Axes."""
+    Returns matplotlib Axes.
+
+    Example (not run here: sampling takes seconds)::
+
+        axes = diagnostics.plot_forest(posterior, x_grid=x_test[:8], r_hat=True, ess=True)
+    """
     data = _plot_data(posterior, x_grid, num_samples)
     if var_names is not None and x_grid is None:
         kwargs["var_names"] = list(var_names)
@@ -711,7 +777,15 @@ def plot_forest(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=
 
 def plot_energy(posterior, **kwargs):
     """Energy plot (``az.plot_energy``): marginal energy vs energy transitions,
-    with E-BFMI. MCMC posteriors only. Returns a matplotlib Axes."""
+    with E-BFMI. MCMC posteriors only. Returns a matplotlib Axes.
+
+    Example (not run here: sampling takes seconds)::
+
+        ax = diagnostics.plot_energy(posterior)   # the two histograms should overlap (E-BFMI > 0.3)
+
+    Reference: M. Betancourt, *A Conceptual Introduction to Hamiltonian Monte
+    Carlo* (2017).
+    """
     if not _is_mcmc(posterior) or "energy" not in posterior.sample_stats:
         raise ValueError("plot_energy needs an MCMC posterior (HMC/NUTS) with recorded energies")
     return _call_plot("plot_energy", _posterior_only(posterior), **kwargs)

@@ -5,14 +5,14 @@ builds the observation distribution (vectorised over any leading sample
 dimensions), declares its own latent variables (e.g. a learned noise scale)
 and turns sampled outputs into a :mod:`~pyrobdl.prediction` object.
 
-========================== =============================== ==========================================
-likelihood                 network output                  :math:`p(y\mid f)`
-========================== =============================== ==========================================
-:class:`Gaussian`          :math:`\mu` (d)                 :math:`\mathcal N(y;\mu,\sigma^2)`, σ fixed or learned
-:class:`HeteroscedasticGaussian` :math:`[\mu, \log\sigma^2]` (2d) :math:`\mathcal N(y;\mu,\sigma^2(x))` (Kendall & Gal, 2017)
-:class:`Categorical`       logits (C)                      :math:`\mathrm{softmax}(f)_y`
-:class:`Bernoulli`         logit (d)                       :math:`\sigma(f)^y(1-\sigma(f))^{1-y}`
-========================== =============================== ==========================================
+================================ ==================================== ========================================================
+likelihood                       network output                       :math:`p(y\mid f)`
+================================ ==================================== ========================================================
+:class:`Gaussian`                :math:`\mu` (d)                      :math:`\mathcal N(y;\mu,\sigma^2)`, σ fixed or learned
+:class:`HeteroscedasticGaussian` :math:`[\mu, \log\sigma^2]` (2d)     :math:`\mathcal N(y;\mu,\sigma^2(x))` (Kendall & Gal, 2017)
+:class:`Categorical`             logits (C)                           :math:`\mathrm{softmax}(f)_y`
+:class:`Bernoulli`               logit (d)                            :math:`\sigma(f)^y(1-\sigma(f))^{1-y}`
+================================ ==================================== ========================================================
 
 A network with one output gives targets of shape ``(N,)``; with ``d > 1``
 outputs, ``(N, d)``.
@@ -53,11 +53,30 @@ def _register(cls):
 
 
 class Likelihood:
-    """Base class of observation models.
+    r"""Base class of observation models.
 
     Subclasses set :attr:`task` (``"regression"`` or ``"classification"``),
     implement :meth:`dist` and :meth:`prediction`, and, when the model has
     its own latent variables (a learned noise scale), :meth:`latent_priors`.
+
+    For network outputs :math:`f = f_\theta(x)` of shape ``(..., N, k)`` (any
+    leading sample dimensions), :meth:`log_prob` returns the per-point
+    :math:`\log p(y_n\mid f_n)` of shape ``(..., N)``, and :meth:`prediction`
+    turns ``S`` sampled outputs into a :class:`~pyrobdl.prediction.Prediction`.
+
+    Example:
+        The interface, shown on a fixed-noise Gaussian:
+
+        >>> import torch
+        >>> lik = Gaussian(scale=1.0)
+        >>> out = torch.zeros(3, 1)                     # N=3 points, one output each
+        >>> lik.dist(out, {}).batch_shape
+        torch.Size([3])
+        >>> lik.log_prob(out, torch.zeros(3), {})       # -log(2 pi) / 2 each
+        tensor([-0.9189, -0.9189, -0.9189])
+        >>> pred = lik.prediction(out.expand(5, 3, 1), {})  # S=5 samples
+        >>> pred.mean.shape
+        torch.Size([3])
     """
 
     task: str = "regression"
@@ -229,6 +248,19 @@ class HeteroscedasticGaussian(_GaussianBase):
     Args:
         min_log_variance, max_log_variance: the predicted log-variance is
             clamped to this range for numerical safety.
+
+    Example:
+        >>> import torch
+        >>> lik = HeteroscedasticGaussian()
+        >>> out = torch.tensor([[0.5, 0.0], [1.0, -2.0]])   # [mu, log sigma^2] for 2 points
+        >>> lik.log_prob(out, torch.tensor([0.5, 1.0]), {})
+        tensor([-0.9189,  0.0811])
+        >>> lik.prediction(out.unsqueeze(0), {}).aleatoric_variance
+        tensor([1.0000, 0.1353])
+
+    References:
+        A. Kendall and Y. Gal, *What Uncertainties Do We Need in Bayesian Deep
+        Learning for Computer Vision?* (NeurIPS 2017).
     """
 
     outputs_per_target = 2
@@ -274,6 +306,15 @@ class Categorical(Likelihood):
 
     Targets are integer class labels in :math:`[0, C)`; the network returns
     :math:`C` logits.
+
+    Example:
+        >>> import torch
+        >>> lik = Categorical()
+        >>> out = torch.tensor([[2.0, 0.0, 0.0]])   # one point, C=3 logits
+        >>> lik.log_prob(out, torch.tensor([0]), {})
+        tensor([-0.2395])
+        >>> lik.prediction(out.unsqueeze(0), {}).probs
+        tensor([[0.7870, 0.1065, 0.1065]])
     """
 
     task = "classification"
@@ -329,6 +370,17 @@ class Bernoulli(Likelihood):
     r"""Binary classification :math:`p(y=1\mid x) = \mathrm{sigmoid}(f_\theta(x))`.
 
     Targets are 0/1 (ints, bools or floats); one logit per target.
+
+    Example:
+        >>> import torch
+        >>> lik = Bernoulli()
+        >>> out = torch.tensor([[0.0], [2.0]])      # two points, one logit each
+        >>> y = lik.check_target([0, 1], out)
+        >>> lik.log_prob(out, y, {})
+        tensor([-0.6931, -0.1269])
+        >>> lik.prediction(out.unsqueeze(0), {}).probs   # [p(y=0), p(y=1)]
+        tensor([[0.5000, 0.5000],
+                [0.1192, 0.8808]])
     """
 
     task = "classification"
@@ -363,7 +415,14 @@ class Bernoulli(Likelihood):
 
 
 def get_likelihood(cfg) -> Likelihood:
-    """Build a likelihood from a saved config dict (or return a Likelihood unchanged)."""
+    """Build a likelihood from a saved config dict (or return a Likelihood unchanged).
+
+    Example:
+        >>> get_likelihood({"type": "Gaussian", "scale": 0.1})
+        Gaussian(scale=0.1, scale_prior=1.0)
+        >>> get_likelihood(Bernoulli().to_config())
+        Bernoulli()
+    """
     if isinstance(cfg, Likelihood):
         return cfg
     cfg = dict(cfg)

@@ -371,6 +371,20 @@ class CalibrationCurve:
     Attributes:
         expected: the levels :math:`p`, shape ``(L,)``, increasing.
         observed: observed coverage at each level, shape ``(L,)``.
+
+    Example:
+        Returned by :func:`calibration_curve` (here with predictive mean 0 and
+        std 1 for four targets):
+
+        >>> curve = calibration_curve([0.0] * 4, [1.0] * 4, [0.1, -0.5, 1.5, -2.5], levels=[0.5, 0.9])
+        >>> curve.expected, curve.observed
+        (array([0.5, 0.9]), array([0.5 , 0.75]))
+        >>> round(curve.miscalibration_area, 4)
+        0.03
+
+    References:
+        Kuleshov, Fenner & Ermon (2018). *Accurate Uncertainties for Deep
+        Learning Using Calibrated Regression*. ICML.
     """
 
     expected: np.ndarray
@@ -392,6 +406,18 @@ class ReliabilityCurve:
         confidence: mean top-label confidence per bin, ``NaN`` for empty bins.
         accuracy: fraction correct per bin, ``NaN`` for empty bins.
         count: number of points per bin (int).
+
+    Example:
+        Returned by :func:`reliability_curve`:
+
+        >>> probs = [[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]]
+        >>> curve = reliability_curve(probs, [0, 1, 1, 1], n_bins=2)
+        >>> curve.count, curve.accuracy
+        (array([0, 4]), array([ nan, 0.75]))
+
+    References:
+        Guo, Pleiss, Sun & Weinberger (2017). *On Calibration of Modern Neural
+        Networks*. ICML.
     """
 
     bin_edges: np.ndarray
@@ -433,6 +459,18 @@ class RejectionCurve:
         rejection_rate: fraction of points refused (the most uncertain first), ``(R,)``.
         accuracy: accuracy on the retained points, ``NaN`` where none are retained.
         num_retained: number of retained points at each rate (int).
+
+    Example:
+        Returned by :func:`accuracy_rejection_curve`:
+
+        >>> probs = [[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]]
+        >>> curve = accuracy_rejection_curve(probs, [0, 1, 1, 1], rejection_rates=[0.0, 0.5])
+        >>> curve.accuracy, curve.num_retained
+        (array([0.75, 1.  ]), array([4, 2]))
+
+    References:
+        Nadeem, Zucker & Hanczar (2009). *Accuracy-Rejection Curves (ARCs) for
+        Comparing Classification Methods with a Reject Option*. MLSB.
     """
 
     rejection_rate: np.ndarray
@@ -447,6 +485,14 @@ class ClassThresholds:
     Attributes:
         thresholds: ``(C,)``; ``inf`` for a class with no correct validation prediction.
         percentile: the percentile of the correct-prediction probabilities used.
+
+    Example:
+        >>> probs = [[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]]
+        >>> th = fit_class_thresholds(probs, [0, 1, 1, 1], percentile=10.0)
+        >>> th.thresholds
+        array([0.9  , 0.575])
+        >>> th.refuse(probs)               # top-label probability below its class's threshold
+        array([False,  True, False,  True])
     """
 
     thresholds: np.ndarray

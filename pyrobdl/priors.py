@@ -39,7 +39,22 @@ __all__ = ["Prior", "Normal", "FanInNormal", "PerSite", "fan_in"]
 
 
 def fan_in(module: Optional[nn.Module], param: torch.Tensor) -> int:
-    """Number of inputs feeding one output unit of ``module`` (1 for 0/1-D params)."""
+    r"""Number of inputs feeding one output unit of ``module``.
+
+    ``in_features`` for :class:`~torch.nn.Linear`,
+    :math:`\text{in\_channels}\cdot\prod_k \text{kernel\_size}_k` for convolutions
+    (per group), the product of the trailing dimensions for other parameters with
+    at least two dimensions, and 1 for other 0/1-D parameters.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> lin = nn.Linear(50, 10)
+        >>> fan_in(lin, lin.weight), fan_in(lin, lin.bias)
+        (50, 50)
+        >>> conv = nn.Conv2d(3, 8, kernel_size=3)
+        >>> fan_in(conv, conv.weight)
+        27
+    """
     if isinstance(module, nn.Linear) or isinstance(module, nn.Bilinear):
         return int(param.shape[-1]) if param.dim() > 1 else int(module.weight.shape[-1])
     if isinstance(module, nn.modules.conv._ConvNd):
@@ -53,8 +68,26 @@ def fan_in(module: Optional[nn.Module], param: torch.Tensor) -> int:
 
 
 class Prior:
-    """Base class. Subclasses implement :meth:`loc_scale` (Gaussian priors)
-    or override :meth:`distribution`."""
+    r"""Base class of priors over the network's weights.
+
+    Subclasses implement :meth:`loc_scale` (i.i.d. Gaussian priors
+    :math:`\mathcal N(\text{loc}, \text{scale}^2)` per parameter, which lets
+    inference use closed-form KL terms) or override :meth:`distribution`
+    (any prior with ``event_shape == param.shape``), and :meth:`to_config`.
+
+    Example:
+        A Gaussian prior whose scale depends on the parameter's name:
+
+        >>> import torch.nn as nn
+        >>> class BiasWide(Prior):
+        ...     def loc_scale(self, name, param, module):
+        ...         return 0.0, (10.0 if name.endswith("bias") else 1.0)
+        ...     def to_config(self):
+        ...         return {"type": "BiasWide"}
+        >>> lin = nn.Linear(3, 2)
+        >>> BiasWide().distribution("0.bias", lin.bias, lin).base_dist.scale
+        tensor([10., 10.])
+    """
 
     def loc_scale(
         self, name: str, param: torch.Tensor, module: Optional[nn.Module]
@@ -91,6 +124,19 @@ class Normal(Prior):
     Args:
         loc: prior mean.
         scale: prior standard deviation (> 0).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> lin = nn.Linear(50, 10)
+        >>> prior = Normal(0.0, 0.5)
+        >>> prior.loc_scale("0.weight", lin.weight, lin)
+        (0.0, 0.5)
+        >>> prior.distribution("0.weight", lin.weight, lin).event_shape
+        torch.Size([10, 50])
+
+    References:
+        Blundell, Cornebise, Kavukcuoglu & Wierstra (2015). *Weight Uncertainty
+        in Neural Networks*. ICML.
     """
 
     def __init__(self, loc: float = 0.0, scale: float = 1.0):
@@ -120,6 +166,19 @@ class FanInNormal(Prior):
     Args:
         gain: :math:`g`.
         bias_scale: :math:`s_b`, the prior std of biases and other 1-D parameters.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> lin = nn.Linear(50, 10)
+        >>> prior = FanInNormal(gain=1.0, bias_scale=1.0)
+        >>> loc, scale = prior.loc_scale("0.weight", lin.weight, lin)
+        >>> round(scale, 4)  # 1 / sqrt(50)
+        0.1414
+        >>> prior.loc_scale("0.bias", lin.bias, lin)
+        (0.0, 1.0)
+
+    References:
+        Neal (1996). *Bayesian Learning for Neural Networks*. Springer.
     """
 
     def __init__(self, gain: float = 1.0, bias_scale: float = 1.0):
@@ -146,6 +205,16 @@ class PerSite(Prior):
         overrides: mapping from a parameter-name glob pattern (``"2.weight"``,
             ``"head.*"``) or a module type (``nn.Conv2d``) to a :class:`Prior`.
             The first match in insertion order wins.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> prior = PerSite(
+        ...     default=Normal(0.0, 1.0),
+        ...     overrides={"2.*": Normal(0.0, 0.1), nn.Conv2d: Normal(0.0, 0.5)},
+        ... )
+        >>> lin, conv = nn.Linear(4, 4), nn.Conv2d(1, 2, 3)
+        >>> prior.select("2.weight", lin), prior.select("0.weight", lin), prior.select("0.weight", conv)
+        (Normal(loc=0.0, scale=0.1), Normal(loc=0.0, scale=1.0), Normal(loc=0.0, scale=0.5))
     """
 
     def __init__(self, default: Optional[Prior] = None, overrides: Optional[Mapping[Key, Prior]] = None):

@@ -69,7 +69,16 @@ def _plt():
 
 def save_figure_of(obj: Any, path: PathLike, *, dpi: int = 110) -> Path:
     """Save the figure behind ``obj`` (a Figure, an Axes, or an array/list/dict of
-    Axes, as plotting functions such as ArviZ's return) to ``path`` and close it."""
+    Axes, as plotting functions such as ArviZ's return) to ``path`` and close it.
+
+    Example:
+        >>> import os, tempfile
+        >>> import matplotlib.pyplot as plt
+        >>> fig, axes = plt.subplots(1, 2)
+        >>> path = save_figure_of(axes, os.path.join(tempfile.mkdtemp(), "two_panels.png"))
+        >>> path.name, path.exists()
+        ('two_panels.png', True)
+    """
     plt = _plt()
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -120,7 +129,13 @@ def best_methods(summaries: Mapping[str, Mapping[str, Any]], metric: str, meta: 
     """The methods with the best mean of ``metric`` (ties all count), following
     ``meta["direction"]``: ``"lower"``, ``"higher"``, ``"target"`` (closest to
     ``meta["target"]``); none when the direction is ``None`` or fewer than two
-    methods have a value."""
+    methods have a value.
+
+    Example:
+        >>> summaries = {"mean-field": {"coverage_90": {"mean": 0.84}}, "ensemble": {"coverage_90": {"mean": 0.93}}}
+        >>> best_methods(summaries, "coverage_90", {"direction": "target", "target": 0.9})
+        ['ensemble']
+    """
     direction = meta.get("direction")
     values = {
         m: s[metric]["mean"] for m, s in summaries.items()
@@ -145,7 +160,18 @@ def metric_tables(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """The report's tables: a list of ``{"title", "columns": [metric names],
     "labels": [headers], "rows": [{"method", "cells": [text], "best": [bool]}]}``,
     one per metric group that has values. Methods without any successful split
-    are left out (they are listed as failures)."""
+    are left out (they are listed as failures).
+
+    Example:
+        >>> results = {
+        ...     "metrics": {"rmse": {"direction": "lower", "label": "RMSE"}},
+        ...     "methods": {"mean-field": {"summary": {"rmse": {"mean": 3.0, "stderr": 0.3}}},
+        ...                 "ensemble": {"summary": {"rmse": {"mean": 2.6, "stderr": 0.2}}}},
+        ... }
+        >>> table = metric_tables(results)[0]
+        >>> table["labels"], [(r["method"], r["cells"], r["best"]) for r in table["rows"]]
+        (['RMSE ↓'], [('mean-field', ['3 ± 0.3'], [False]), ('ensemble', ['2.6 ± 0.2'], [True])])
+    """
     meta = results.get("metrics", {})
     summaries = {
         m: e.get("summary", {}) for m, e in results.get("methods", {}).items() if e.get("summary")
@@ -553,6 +579,13 @@ def write_report(
     Returns:
         ``{"plots": {name: {"file", "caption"}}, "report": {"markdown": "report.md", "html": "report.html"}}``
         (file names relative to ``out_dir``).
+
+    Example (not run here: it fits every method)::
+
+        from pyrobdl.compare import compare
+        results = compare("toy-regression", methods="mean-field,ensemble", out="report")  # calls write_report
+        written = write_report(results, "report")         # again, e.g. after editing results
+        written["report"]["html"]                          # 'report.html'
     """
     out_dir = Path(out_dir)
     with _plt().ioff():

@@ -103,7 +103,18 @@ def model_config(model: BayesianNetwork) -> dict:
     }
 
 
-def save_posterior(posterior, path) -> None:
+def save(posterior, path) -> None:
+    """Save a fitted posterior to ``path`` (the same as ``posterior.save(path)``).
+
+    The file holds state dicts, tensors and plain Python values only, so
+    :func:`load` reads it with ``torch.load(weights_only=True)``: no code runs
+    when it is loaded.
+
+    Example::
+
+        pyrobdl.serialization.save(posterior, "post.pt")
+        posterior = pyrobdl.load("post.pt")
+    """
     model = posterior.model
     state = {
         "format": FORMAT,
@@ -116,6 +127,9 @@ def save_posterior(posterior, path) -> None:
         "posterior": posterior._state(),
     }
     torch.save(state, path)
+
+
+save_posterior = save  # the name pyrobdl.inference.base uses
 
 
 def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
@@ -134,6 +148,19 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
     Raises:
         ValueError: the file is not a pyrobdl posterior, is corrupt, or holds
             objects that would run code when unpickled (refused).
+
+    Example:
+        >>> import os, tempfile, torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
+        >>> model = BayesianNetwork(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)),
+        ...                         prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> posterior = inference.MeanField(num_steps=20, progress=False).fit(model, x, y)
+        >>> path = os.path.join(tempfile.mkdtemp(), "posterior.pt")
+        >>> posterior.save(path)
+        >>> loaded = load(path)            # the architecture is stored as data: no model needed
+        >>> type(loaded).__name__, loaded.model.site_names == model.site_names
+        ('SVIPosterior', True)
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path!r}")

@@ -8,6 +8,12 @@
     run ``make -C docs figures``), and silently left out otherwise. The tutorial
     is read, never executed.
 
+``.. readme-section:: Performance``
+    Renders the body of the ``## Performance`` section of the repository's
+    ``README.md`` (up to the next ``#``/``##`` heading; ``###`` subsections are
+    kept), so that measured numbers are quoted from one place, the README.
+    ``:file:`` names another markdown file (relative to the page).
+
 ``.. optional-automodule:: pyrobdl.diagnostics``
     ``automodule`` (with ``:members:``) for a module that may not exist yet: when
     it cannot be imported nothing is emitted, so the ``-W`` build stays clean.
@@ -15,9 +21,11 @@
 The markdown in tutorials is a small subset, converted by :func:`markdown_to_rst`:
 ``#``/``##``/``###`` headings, paragraphs, ``-``/``*`` and ``1.`` lists,
 ```` `code` ````, ``**bold**``, ``*italic*``, ``[text](url)`` links, ``$inline
-math$`` and ``$$`` display math on lines of their own, and ``>`` notes.
-Anything else (tables, raw HTML, fenced code) raises an error, so a tutorial
-never renders silently wrong.
+math$`` and ``$$`` display math on lines of their own, ``>`` notes, and
+pipe tables (a header row, a ``|---|`` separator row, body rows, the same
+number of cells in each; rendered as a ``list-table``). Anything else (raw
+HTML, fenced code, a malformed table) raises an error, so a page never renders
+silently wrong.
 """
 from __future__ import annotations
 
@@ -122,8 +130,16 @@ def markdown_to_rst(md: str) -> List[str]:
             flush()
             i += 1
             continue
-        if s.startswith("```") or s.startswith("<") or (s.startswith("|") and s.endswith("|")):
-            raise MarkdownError(f"unsupported markdown (fenced code, HTML or table): {line!r}")
+        if s.startswith("```") or s.startswith("<"):
+            raise MarkdownError(f"unsupported markdown (fenced code or HTML): {line!r}")
+        if s.startswith("|"):
+            flush()
+            rows: List[str] = []
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append(lines[i].strip())
+                i += 1
+            out += _table_to_rst(rows)
+            continue
         m = re.match(r"^(#{1,4})\s+(.*)$", s)
         if m:
             flush()
@@ -192,6 +208,59 @@ def markdown_to_rst(md: str) -> List[str]:
     return out
 
 
+_TABLE_SEPARATOR = re.compile(r"^\|?(\s*:?-{3,}:?\s*\|)*\s*:?-{3,}:?\s*\|?$")
+
+
+def _table_cells(row: str) -> List[str]:
+    if not row.endswith("|") or "\\|" in row:
+        raise MarkdownError(f"unsupported table row (it must end with '|' and hold no escaped '|'): {row!r}")
+    return [c.strip() for c in row[1:-1].split("|")]
+
+
+def _table_to_rst(rows: List[str]) -> List[str]:
+    """A markdown pipe table (header, separator, body rows) -> a reST ``list-table``."""
+    if len(rows) < 3 or not _TABLE_SEPARATOR.match(rows[1]):
+        raise MarkdownError(f"unsupported table: a header row, a |---| separator row and body rows are needed: {rows[:2]!r}")
+    header = _table_cells(rows[0])
+    width = len(header)
+    if len(_table_cells(rows[1])) != width:
+        raise MarkdownError(f"table separator has {len(_table_cells(rows[1]))} cells, the header {width}: {rows[1]!r}")
+    out = [".. list-table::", "   :header-rows: 1", ""]
+    for row in [rows[0]] + rows[2:]:
+        cells = _table_cells(row)
+        if len(cells) != width:
+            raise MarkdownError(f"table row has {len(cells)} cells, the header {width}: {row!r}")
+        for j, cell in enumerate(cells):
+            bullet = "   * -" if j == 0 else "     -"
+            text = inline(cell) if cell else ""
+            out.append(f"{bullet} {text}" if text else bullet)
+    out.append("")
+    return out
+
+
+def markdown_section(md: str, title: str) -> str:
+    """The body of the ``#``/``##`` section titled ``title`` (up to the next
+    ``#`` or ``##`` heading; deeper headings stay in)."""
+    lines = md.splitlines()
+    start = None
+    for k, line in enumerate(lines):
+        m = re.match(r"^(#{1,2})\s+(.*?)\s*$", line)
+        if m and m.group(2) == title:
+            start = k + 1
+            break
+    if start is None:
+        raise MarkdownError(f"no '## {title}' section")
+    end = len(lines)
+    in_fence = False
+    for k in range(start, len(lines)):
+        if lines[k].strip().startswith("```"):
+            in_fence = not in_fence
+        if not in_fence and re.match(r"^#{1,2}\s", lines[k]):
+            end = k
+            break
+    return "\n".join(lines[start:end])
+
+
 def tutorial_to_rst(path: str, figures_dir: str, figures_rel: str, source_rel: str = "") -> List[str]:
     """reST lines for one jupytext percent-format tutorial."""
     import jupytext
@@ -250,6 +319,30 @@ class TutorialDirective(Directive):
         return node.children
 
 
+class ReadmeSection(Directive):
+    required_arguments = 1
+    final_argument_whitespace = True
+    has_content = False
+    option_spec = {"file": directives.unchanged}
+
+    def run(self):
+        env = self.state.document.settings.env
+        title = self.arguments[0].strip()
+        rel = self.options.get("file", "../README.md")
+        _, abs_path = env.relfn2path(rel)
+        env.note_dependency(abs_path)
+        try:
+            with open(abs_path, encoding="utf-8") as f:
+                body = markdown_section(f.read(), title)
+            lines = markdown_to_rst(body)
+        except (OSError, MarkdownError) as e:
+            raise self.error(f"cannot render section {title!r} of {rel}: {e}")
+        node = nodes.section()
+        node.document = self.state.document
+        nested_parse_with_titles(self.state, StringList(lines, source=f"{abs_path} ({title})"), node)
+        return node.children
+
+
 class OptionalAutomodule(Directive):
     required_arguments = 1
     has_content = False
@@ -275,4 +368,5 @@ class OptionalAutomodule(Directive):
 def setup(app):
     app.add_directive("tutorial", TutorialDirective)
     app.add_directive("optional-automodule", OptionalAutomodule)
+    app.add_directive("readme-section", ReadmeSection)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -38,6 +38,12 @@ class DatasetInfo:
         aliases: other names :func:`load` accepts.
         needs_data_dir: True when the data is not shipped with pyrobdl and
             must be read from ``data_dir=`` (``--data-dir``).
+
+    Example:
+        >>> from pyrobdl import datasets
+        >>> info = {i.name: i for i in datasets.list_datasets()}["boston"]
+        >>> info.task, info.n, info.d, info.num_splits, info.n_train, info.n_test
+        ('regression', 506, 13, 20, 455, 51)
     """
 
     name: str
@@ -104,6 +110,19 @@ class Dataset:
         source: reference or origin.
         meta: extra information (e.g. the UCI protocol's ``n_hidden``,
             ``n_epochs``, ``tau_values``, ``dropout_rates``).
+
+    Example:
+        >>> from pyrobdl import datasets
+        >>> ds = datasets.load("boston", split=3)       # standardised with the training split
+        >>> ds.x_train.shape, ds.x_test.shape, ds.normalized
+        (torch.Size([455, 13]), torch.Size([51, 13]), True)
+        >>> rmse_original_units = ((ds.unnormalize_mean(ds.y_test) - ds.y_test_original) ** 2).mean().sqrt()
+        >>> float(rmse_original_units) < 1e-4
+        True
+
+    References:
+        J. M. Hernández-Lobato and R. P. Adams, *Probabilistic Backpropagation
+        for Scalable Learning of Bayesian Neural Networks* (ICML 2015).
     """
 
     name: str

@@ -106,7 +106,7 @@ def load_csv(
     dtype: torch.dtype = torch.float32,
     name: Optional[str] = None,
 ) -> Dataset:
-    """Load a CSV file with a header row and split it at random.
+    r"""Load a CSV file with a header row and split it at random.
 
     Args:
         path: the file.
@@ -126,6 +126,15 @@ def load_csv(
     Raises:
         ValueError: unreadable file, unknown column, missing or non-numeric
             value in a used column (naming column and row), bad fraction.
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "houses.csv")
+        >>> with open(path, "w") as f:
+        ...     _ = f.write("size,rooms,price\n" + "".join(f"{50 + i},{1 + i % 4},{100 + 3 * i}\n" for i in range(20)))
+        >>> ds = load_csv(path, target="price", test_fraction=0.25)
+        >>> ds.x_train.shape, ds.x_test.shape, ds.feature_names, ds.target_name
+        (torch.Size([15, 2]), torch.Size([5, 2]), ['size', 'rooms'], 'price')
     """
     path = Path(path)
     if task not in ("regression", "classification"):

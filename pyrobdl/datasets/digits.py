@@ -134,6 +134,13 @@ def load_digits(
         test_fraction: share of each class in the test split.
         rotation: degrees (90, 180, 270) for ``ood="rotated"``.
         corruption_std: pixel noise std for ``ood="noisy"``.
+
+    Example:
+        >>> ds = load_digits(in_classes=[0, 1, 2, 3, 4])    # digits 5..9 become OOD
+        >>> ds.x_train.shape, ds.num_classes, ds.x_ood.shape
+        (torch.Size([721, 64]), 5, torch.Size([179, 64]))
+        >>> load_digits(ood="rotated", rotation=90).y_ood.shape   # rotated test images keep their labels
+        torch.Size([359])
     """
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")

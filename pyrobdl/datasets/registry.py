@@ -29,7 +29,12 @@ _DIGITS_KWARGS = ("in_classes", "ood_classes", "test_fraction", "rotation", "cor
 
 def known_names() -> list[str]:
     """Canonical names :func:`load` accepts (digits also takes ``digits-A-B`` and
-    ``digits-ood-A-B`` for any class range)."""
+    ``digits-ood-A-B`` for any class range).
+
+    Example:
+        >>> known_names()[:5]
+        ['toy-regression', 'sinusoid', 'boston', 'concrete', 'energy']
+    """
     return [*_TOYS, *UCI_DATASETS, *_DIGITS_LISTED]
 
 
@@ -50,6 +55,10 @@ def resolve_name(name: str) -> str:
 
     Raises:
         ValueError: unknown dataset; the message lists the known ones.
+
+    Example:
+        >>> resolve_name("bostonHousing"), resolve_name("Toy_Regression")
+        ('boston', 'toy-regression')
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset name must be a non-empty string, got {name!r}")
@@ -71,7 +80,12 @@ def resolve_name(name: str) -> str:
 
 def num_splits(name: str, data_dir: Optional[PathLike] = None) -> int:
     """How many train/test splits ``name`` has: the UCI split files' count
-    (20; protein 5), or 20 random splits for toys, digits and CSV files."""
+    (20; protein 5), or 20 random splits for toys, digits and CSV files.
+
+    Example:
+        >>> num_splits("boston"), num_splits("digits")
+        (20, 20)
+    """
     canon = resolve_name(name)
     if canon in UCI_DATASETS:
         return uci_num_splits(canon, data_dir)
@@ -85,6 +99,10 @@ def check_splits(name: str, splits: Union[int, Iterable[int]], data_dir: Optiona
 
     Raises:
         ValueError: more splits than the dataset has, or an index out of range.
+
+    Example:
+        >>> check_splits("boston", 3), check_splits("boston", [0, 5])
+        ([0, 1, 2], [0, 5])
     """
     canon = resolve_name(name)
     total = num_splits(canon, data_dir)
@@ -138,6 +156,14 @@ def load(
     Raises:
         ValueError: unknown name (lists the known ones), data not available,
             split out of range, bad option.
+
+    Example:
+        >>> ds = load("toy-regression")
+        >>> ds.x_train.shape, ds.y_train.shape, ds.x_ood.shape, ds.train_range
+        (torch.Size([500, 1]), torch.Size([500]), torch.Size([200, 1]), (-7.0, 7.0))
+        >>> ds = load("digits-5-9")                # train on 5..9; 0..4 are OOD
+        >>> ds.num_classes, ds.class_labels, ds.x_ood.shape[1]
+        (5, [5, 6, 7, 8, 9], 64)
     """
     if isinstance(name, str) and (name.strip().lower() == "csv" or name.strip().lower().endswith(".csv")):
         if name.strip().lower() != "csv":
@@ -196,6 +222,10 @@ def list_datasets(data_dir: Optional[PathLike] = None) -> list[DatasetInfo]:
 
     With ``data_dir``, ``needs_data_dir`` is False for the UCI sets found there
     (and ``num_splits`` is read from their ``n_splits.txt``).
+
+    Example:
+        >>> [(i.name, i.task, i.n) for i in list_datasets()][:3]
+        [('toy-regression', 'regression', 1000), ('sinusoid', 'regression', 1000), ('boston', 'regression', 506)]
     """
     infos = list(_static_infos())
     for canon, spec in UCI_DATASETS.items():
@@ -220,7 +250,12 @@ def list_datasets(data_dir: Optional[PathLike] = None) -> list[DatasetInfo]:
 
 
 def format_table(data_dir: Optional[PathLike] = None) -> str:
-    """A plain-text table of :func:`list_datasets`, for ``pyrobdl datasets``."""
+    """A plain-text table of :func:`list_datasets`, for ``pyrobdl datasets``.
+
+    Example:
+        >>> print(format_table().splitlines()[0])
+        name            task                 n      d   train/test  ood  splits  description
+    """
     rows = [("name", "task", "n", "d", "train/test", "ood", "splits", "description")]
     for i in list_datasets(data_dir):
         desc = i.description + ("  [needs --data-dir]" if i.needs_data_dir else "")

@@ -45,13 +45,25 @@ __all__ = ["toy_regression", "sinusoid", "toy_regression_noise_std", "sinusoid_n
 
 
 def toy_regression_noise_std(x: torch.Tensor) -> torch.Tensor:
-    """True noise std of ``toy-regression``: ``0.3 + 0.3 * |x| / 7``."""
+    r"""True noise std of ``toy-regression``: :math:`\sigma(x) = 0.3 + 0.3\,|x|/7`.
+
+    Example:
+        >>> import torch
+        >>> toy_regression_noise_std(torch.tensor([0.0, 7.0]))
+        tensor([0.3000, 0.6000])
+    """
     x = torch.as_tensor(x)
     return 0.3 + 0.3 * x.abs() / 7.0
 
 
 def sinusoid_noise_std(x: torch.Tensor) -> torch.Tensor:
-    """True noise std of ``sinusoid``: constant 0.1."""
+    """True noise std of ``sinusoid``: constant 0.1.
+
+    Example:
+        >>> import torch
+        >>> sinusoid_noise_std(torch.tensor([0.0, 7.0]))
+        tensor([0.1000, 0.1000])
+    """
     x = torch.as_tensor(x)
     return torch.full_like(x if x.is_floating_point() else x.double(), 0.1)
 
@@ -129,7 +141,15 @@ def toy_regression(
     n_ood: int = 200,
 ) -> Dataset:
     """The heteroscedastic 1-D problem ``y = x sin x + N(0, (0.3 + 0.3|x|/7)^2)``,
-    train on [-7, 7], test on [-10, 10] (see the module docstring)."""
+    train on [-7, 7], test on [-10, 10] (see the module docstring).
+
+    Example:
+        >>> ds = toy_regression()
+        >>> ds.x_train.shape, ds.x_test.shape, ds.train_range
+        (torch.Size([500, 1]), torch.Size([500, 1]), (-7.0, 7.0))
+        >>> bool(ds.x_train.abs().max() <= 7.0), bool(ds.x_test.abs().max() > 7.0)
+        (True, True)
+    """
     return _make_1d(
         "toy-regression",
         lambda x: x * np.sin(x),
@@ -158,7 +178,13 @@ def sinusoid(
     n_test: int = 500,
     n_ood: int = 200,
 ) -> Dataset:
-    """``y = sin x + N(0, 0.1^2)``, train on [-8, 8], test on [-12, 12]."""
+    r"""``y = sin x + N(0, 0.1^2)``, train on [-8, 8], test on [-12, 12].
+
+    Example:
+        >>> ds = sinusoid(n_train=100)
+        >>> ds.x_train.shape, ds.train_range
+        (torch.Size([100, 1]), (-8.0, 8.0))
+    """
     return _make_1d(
         "sinusoid",
         np.sin,

@@ -248,7 +248,12 @@ def _parse(location: str, filename: str, text: str, dtype: Any) -> np.ndarray:
 
 
 def uci_num_splits(name: str, data_dir: Optional[PathLike] = None) -> int:
-    """Number of splits of a UCI dataset (from ``n_splits.txt`` when readable)."""
+    """Number of splits of a UCI dataset (from ``n_splits.txt`` when readable).
+
+    Example:
+        >>> uci_num_splits("concrete")
+        20
+    """
     spec = UCI_DATASETS[name]
     try:
         folder = _Folder(spec, data_dir)
@@ -262,7 +267,12 @@ def uci_num_splits(name: str, data_dir: Optional[PathLike] = None) -> int:
 def uci_protocol(name: str, data_dir: Optional[PathLike] = None) -> dict[str, Any]:
     """The protocol settings shipped with a UCI dataset: ``n_hidden``,
     ``n_epochs``, ``n_splits``, ``dropout_rates`` and ``tau_values`` (the grids
-    Gal & Ghahramani (2016) searched)."""
+    Gal & Ghahramani (2016) searched).
+
+    Example:
+        >>> uci_protocol("boston")
+        {'n_hidden': 50, 'n_epochs': 40, 'n_splits': 20, 'dropout_rates': [0.005, 0.01, 0.05, 0.1], 'tau_values': [0.1, 0.15, 0.2]}
+    """
     folder = _Folder(UCI_DATASETS[name], data_dir)
     out: dict[str, Any] = {}
     for key, fname in [("n_hidden", "n_hidden.txt"), ("n_epochs", "n_epochs.txt"), ("n_splits", "n_splits.txt")]:
@@ -297,6 +307,16 @@ def load_uci(
     Raises:
         ValueError: the data is not available, the split is out of range, or
             the split files are inconsistent.
+
+    Example:
+        >>> ds = load_uci("concrete", split=0)
+        >>> ds.x_train.shape, ds.x_test.shape, round(ds.y_std, 3)
+        (torch.Size([927, 8]), torch.Size([103, 8]), 16.601)
+
+    References:
+        J. M. Hernández-Lobato and R. P. Adams, *Probabilistic Backpropagation
+        for Scalable Learning of Bayesian Neural Networks* (ICML 2015);
+        Y. Gal and Z. Ghahramani, *Dropout as a Bayesian Approximation* (ICML 2016).
     """
     spec = UCI_DATASETS[name]
     folder = _Folder(spec, data_dir)

@@ -1213,7 +1213,7 @@ MAX_SAVED_DATA = 1_000_000
 
 
 class MCMCPosterior(Posterior):
-    """Posterior draws from HMC/NUTS, kept per chain.
+    r"""Posterior draws from HMC/NUTS, kept per chain.
 
     Attributes:
         samples: site -> tensor ``(num_chains, num_draws, *shape)`` (constrained values).
@@ -1228,7 +1228,22 @@ class MCMCPosterior(Posterior):
             at most :data:`MAX_SAVED_DATA` elements.
 
     :meth:`predict` uses every draw by default (``num_samples`` draws, thinned
-    evenly, when given).
+    evenly, when given): the predictive is
+    :math:`p(y\mid x)\approx\frac1{CT}\sum_{c,t}p(y\mid f_{\theta_{c,t}}(x))`
+    over :math:`C` chains of :math:`T` draws.
+
+    Example (not run here: sampling takes seconds even for tiny nets)::
+
+        posterior = inference.NUTS(num_samples=500, warmup_steps=500, num_chains=4, seed=0).fit(model, x, y)
+        posterior.samples["0.weight"].shape      # (4, 500, *weight.shape)
+        posterior.sample_stats["diverging"].sum()
+        pred = posterior.predict(x_test)         # all 2,000 draws
+        idata = posterior.to_arviz()             # for ArviZ: az.rhat, az.ess, az.loo
+
+    References:
+        M. D. Hoffman and A. Gelman, *The No-U-Turn Sampler* (JMLR 2014);
+        A. Vehtari et al., *Rank-normalization, folding, and localization: an
+        improved R-hat for assessing convergence of MCMC* (Bayesian Analysis 2021).
     """
 
     method = "nuts"
@@ -1351,6 +1366,16 @@ class MCMCPosterior(Posterior):
 
 
 class HMCPosterior(MCMCPosterior):
-    """:class:`MCMCPosterior` of :class:`HMC` (fixed-length trajectories)."""
+    """:class:`MCMCPosterior` of :class:`HMC` (fixed-length trajectories).
+
+    Example (not run here: sampling takes seconds)::
+
+        posterior = inference.HMC(num_steps=30, num_samples=1000, warmup_steps=500).fit(model, x, y)
+        type(posterior).__name__                  # 'HMCPosterior'
+        posterior.fit_info["step_size"]           # the adapted step size per chain
+
+    Reference: R. M. Neal, *MCMC using Hamiltonian dynamics*, Handbook of
+    Markov Chain Monte Carlo (2011).
+    """
 
     method = "hmc"
