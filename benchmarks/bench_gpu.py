@@ -28,8 +28,39 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.bench_svi import PlainPyroBNN  # noqa: E402
+import pyro.distributions as dist  # noqa: E402
+from pyro.nn import PyroModule, PyroSample  # noqa: E402
+
 from pyrobdl import BayesianNetwork, inference, likelihoods, priors  # noqa: E402
+
+H = 50
+#: the accelerator measured (``--device``; ``cpu`` only to dry-run this script)
+GPU = torch.device("cuda")
+
+
+class PlainPyroBNN(PyroModule):
+    """The plain-Pyro BNN of ``bench_svi.py``, with its priors on ``device``
+    (Pyro's tutorial way puts them on the CPU, which fails on CUDA inputs)."""
+
+    def __init__(self, device):
+        super().__init__()
+        zero, one = torch.zeros((), device=device), torch.ones((), device=device)
+        self.one = one
+        self.l1 = PyroModule[nn.Linear](1, H).to(device)
+        self.l2 = PyroModule[nn.Linear](H, H).to(device)
+        self.l3 = PyroModule[nn.Linear](H, 1).to(device)
+        for layer in (self.l1, self.l2, self.l3):
+            layer.weight = PyroSample(dist.Normal(zero, one).expand(layer.weight.shape).to_event(2))
+            layer.bias = PyroSample(dist.Normal(zero, one).expand(layer.bias.shape).to_event(1))
+
+    def forward(self, x, y=None):
+        h = torch.tanh(self.l1(x))
+        h = torch.tanh(self.l2(h))
+        mu = self.l3(h).squeeze(-1)
+        sigma = pyro.sample("sigma", dist.HalfNormal(self.one))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(mu, sigma), obs=y)
+        return mu
 
 
 def make_net(h):
@@ -64,13 +95,13 @@ def fitted(h, device, steps=100):
 
 
 def bench_predict(quick):
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    cuda, cpu = GPU, torch.device("cpu")
     rows = []
     post_gpu = fitted(50, cuda)
     post_cpu = fitted(50, cuda).to(cpu)
     cases = [(1000, 100), (100, 10_000), (1000, 100_000)]
     if quick:
-        cases = cases[:2]
+        cases = [(100, 100), (10, 1000)]
     for S, N in cases:
         xg = torch.linspace(-4, 4, N, device=cuda).unsqueeze(-1)
         xc = xg.cpu()
@@ -79,7 +110,7 @@ def bench_predict(quick):
         r["pyrobdl_cpu_s"] = timeit(lambda: post_cpu.predict(xc, num_samples=S), cpu, repeat=2 if N * S > 1e7 else 3)
         if S * N <= 1_000_000:
             pyro.clear_param_store()
-            m = PlainPyroBNN().to(cuda)
+            m = PlainPyroBNN(cuda)
             g = pyro.infer.autoguide.AutoNormal(m)
             g(xg[:10], torch.zeros(10, device=cuda))
             r["pyro_predictive_cuda_s"] = timeit(lambda: pyro.infer.Predictive(m, guide=g, num_samples=S)(xg), cuda, repeat=1)
@@ -103,13 +134,11 @@ def bench_predict(quick):
 
 def bench_train(quick):
     rows = []
-    steps = 100 if quick else 300
-    for h, N in ((50, 1000), (50, 100_000), (256, 100_000)):
+    steps = 50 if quick else 300
+    for h, N in ((50, 1000), (50, 100_000), (256, 100_000)) if not quick else ((50, 1000), (50, 10_000)):
         r = {"hidden": h, "N": N}
         for dev in ("cuda", "cpu"):
-            device = torch.device(dev)
-            if dev == "cpu" and N * h > 1000 * 50 * 20 and quick:
-                continue
+            device = GPU if dev == "cuda" else torch.device("cpu")
             x, y = data(N, device)
             model = BayesianNetwork(make_net(h), likelihood=likelihoods.Gaussian())
             n_steps = steps if dev == "cuda" or N <= 1000 else max(steps // 10, 20)
@@ -142,7 +171,7 @@ def bench_ensemble(quick):
     for N in (1000, 100_000) if not quick else (1000,):
         r = {"N": N, "size": 5}
         for dev in ("cuda", "cpu"):
-            device = torch.device(dev)
+            device = GPU if dev == "cuda" else torch.device("cpu")
             x, y = data(N, device)
             model = BayesianNetwork(make_net(50), likelihood=likelihoods.Gaussian())
             epochs = 2 if N > 10_000 else 5
@@ -157,11 +186,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--device", default="cuda", help="the accelerator (cpu only to dry-run the script)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
+    global GPU
+    GPU = torch.device(args.device)
+    if GPU.type == "cuda" and not torch.cuda.is_available():
         print("bench_gpu.py needs a CUDA device (torch.cuda.is_available() is False)")
         return 0
-    res = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
+    res = {"device": torch.cuda.get_device_name(0) if GPU.type == "cuda" else str(GPU), "torch": torch.__version__, "cpu_threads": torch.get_num_threads()}
     res["predict"] = bench_predict(args.quick)
     res["train"] = bench_train(args.quick)
     res["ensemble"] = bench_ensemble(args.quick)
