@@ -50,6 +50,24 @@ contribute :math:`-\frac1N\log p(\theta_j)`. A float ``weight_decay=λ`` uses
 Bayesian parameters are penalised; its deterministic ones (normalisation
 layers, a frozen feature extractor) are plain point estimates.
 
+**Vectorisation.** The :math:`S` masked networks of a prediction and the
+:math:`M` members of an ensemble run as one batched pass. When the network
+is a plain chain of ``nn.Linear`` layers and elementwise activations (an
+``nn.Sequential``, e.g. ``Linear → Tanh → Linear → Tanh → Linear``), the pass
+is written out by hand: layer :math:`l` of network :math:`s` computes
+
+.. math::
+
+    h^{(l)}_s = a_l\big(h^{(l-1)}_s\, W^{(l)\top}_s + b^{(l)}_s\big)
+
+for all :math:`s` with one :func:`torch.baddbmm` (one
+:func:`torch.nn.functional.linear` when :math:`W^{(l)}` is shared, e.g. an
+unmasked first layer, which then runs once for all samples). Any other
+network takes the general path, :func:`torch.func.vmap` over
+:func:`torch.func.functional_call`; both compute the same function (up to
+floating-point summation order), and the hand-written one skips vmap's
+per-operation dispatch, which dominates for small networks.
+
 References:
     Y. Gal and Z. Ghahramani, *Dropout as a Bayesian Approximation:
     Representing Model Uncertainty in Deep Learning* (ICML 2016);
@@ -78,6 +96,7 @@ from torch.distributions import biject_to
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
+from .. import likelihoods as _likelihoods
 from .._validation import check_inputs, check_positive_float, check_positive_int
 from ..network import DEFAULT_MAX_MEMORY, BayesianNetwork
 from ..prediction import Prediction
@@ -103,6 +122,9 @@ _KNOWN_LIKELIHOODS = "Gaussian, HeteroscedasticGaussian, Categorical, Bernoulli 
 #: activations near this size (cache-resident), which measured up to 2x faster
 #: than one pass over all samples for S=100, N>=1000; GPUs take all at once
 _CPU_PASS_BYTES = 16 * 2**20
+
+#: a deep ensemble's epoch gathers its M shuffled copies of the data at once up to this size
+_PERMUTED_BYTES = 64 * 2**20
 
 LayerSpec = Union[None, str, Sequence[str]]
 WeightDecay = Union[str, float]
@@ -217,6 +239,45 @@ def _constrain(model: BayesianNetwork, raw: Dict[str, torch.Tensor]) -> Dict[str
     return {k: biject_to(sites[model._latent_site_of[k]].support)(u) for k, u in raw.items()}
 
 
+def _constrainer(model: BayesianNetwork) -> Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]:
+    """:func:`_constrain` with the transforms looked up once (for the training
+    loop: no per-step rebuilding of the model's latent sites)."""
+    sites = model.latent_sites()
+    transforms = {short: biject_to(sites[site].support) for short, site in model._latent_site_of.items()}
+    return lambda raw: {k: transforms[k](u) for k, u in raw.items()}
+
+
+_HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
+
+
+def _fast_log_prob(lik) -> Callable[[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]], torch.Tensor]:
+    r"""``lik.log_prob`` for the training loops. For the built-in Gaussian
+    likelihoods (exact types) the closed form
+    :math:`\log\mathcal N(y\mid\mu,\sigma^2) = -\frac{(y-\mu)^2}{2\sigma^2} - \log\sigma - \log\sqrt{2\pi}`,
+    in the operation order of :meth:`torch.distributions.Normal.log_prob`
+    (so the values are the same), without building distribution objects each
+    step; anything else is ``lik.log_prob`` itself."""
+    L = _likelihoods
+    if type(lik) is L.Gaussian:
+        def log_prob(out, y, lats):
+            loc = lik._squeeze(out)
+            ev = loc.dim() - out.dim() + 1
+            scale = lik._sigma(lats, loc, ev)
+            lp = -((y - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_2PI
+            return lp.sum(-1) if ev else lp
+
+        return log_prob
+    if type(lik) is L.HeteroscedasticGaussian:
+        def log_prob(out, y, lats):
+            loc, scale = lik.split(out)
+            ev = loc.dim() - out.dim() + 1
+            lp = -((y - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_2PI
+            return lp.sum(-1) if ev else lp
+
+        return log_prob
+    return lik.log_prob
+
+
 # ============================================================================ weight penalty
 def _penalty(
     model: BayesianNetwork, weight_decay: WeightDecay, num_data: int, keep: Dict[str, float]
@@ -266,25 +327,35 @@ def _optimise(
     record_shape: Tuple[int, ...] = (),
 ) -> Tuple[torch.Tensor, float]:
     """Adam on ``params`` for ``num_steps`` minibatches. ``loss_fn`` returns the
-    loss and a detached value to record. Returns (recorded losses, seconds)."""
+    loss and a detached value to record. Returns (recorded losses, seconds).
+
+    The per-step work is the step itself: the recorded values are written in
+    blocks of 50 steps (with the finiteness check, the only host sync), and
+    Pyro's / torch's distribution argument validation is off inside the loop
+    (the likelihood was checked on the first batch before, and the data by
+    :class:`~pyrobdl.inference.base.Data`)."""
     opt = _adam(params, lr)
     losses = torch.full((num_steps,) + record_shape, float("nan"), device=device)
+    pending: List[torch.Tensor] = []
     bar = tqdm(range(num_steps), desc=desc, disable=not progress, leave=False)
     t0 = time.perf_counter()
-    for step in bar:
-        xb, yb = next(batches)
-        loss, record = loss_fn(xb, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses[step] = record
-        if step % 50 == 0 or step == num_steps - 1:
-            val = float(loss.detach())
-            if not math.isfinite(val):
-                raise FloatingPointError(
-                    f"the training loss became {val} at step {step}; lower lr (now {lr}) or standardise x and y"
-                )
-            bar.set_postfix(loss=f"{val:.4g}")
+    with pyro.validation_enabled(False):
+        for step in bar:
+            xb, yb = next(batches)
+            loss, record = loss_fn(xb, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            pending.append(record)
+            if step % 50 == 0 or step == num_steps - 1:
+                losses[step + 1 - len(pending) : step + 1] = torch.stack(pending)
+                pending.clear()
+                val = float(loss.detach())
+                if not math.isfinite(val):
+                    raise FloatingPointError(
+                        f"the training loss became {val} at step {step}; lower lr (now {lr}) or standardise x and y"
+                    )
+                bar.set_postfix(loss=f"{val:.4g}")
     return losses.cpu(), time.perf_counter() - t0
 
 
@@ -315,15 +386,29 @@ def _prepare_x(posterior: Posterior, x) -> torch.Tensor:
     return x
 
 
+def _row_bytes(posterior: Posterior, x: torch.Tensor) -> int:
+    """``model._bytes_per_row(x)`` (a probe forward pass with hooks), cached on
+    the posterior per input shape, dtype and device: repeated predictions
+    skip the probe."""
+    key = (tuple(x.shape[1:]), x.dtype, x.device)
+    cache = posterior.__dict__.setdefault("_row_bytes_cache", {})
+    if key not in cache:
+        cache[key] = posterior.model._bytes_per_row(x)
+    return cache[key]
+
+
 def _chunk_plan(
-    model: BayesianNetwork, x: torch.Tensor, S: int, chunk_size, max_memory, per_sample_bytes: int = 0
+    model: BayesianNetwork, x: torch.Tensor, S: int, chunk_size, max_memory, per_sample_bytes: int = 0,
+    per_row: Optional[int] = None,
 ) -> Tuple[int, int]:
     """(samples per batched pass, input rows per pass), with the semantics of
     :meth:`BayesianNetwork.predict_from_samples`; ``per_sample_bytes`` adds
-    memory that each sample costs whatever the rows (sampled weights)."""
+    memory that each sample costs whatever the rows (sampled weights);
+    ``per_row``: the activation bytes per input row, when known."""
     max_memory = DEFAULT_MAX_MEMORY if max_memory is None else check_positive_int(max_memory, "max_memory")
     N = x.shape[0]
-    per_row = model._bytes_per_row(x)
+    if per_row is None:
+        per_row = model._bytes_per_row(x)
     if chunk_size is None:
         per_sample = max(per_row * N + per_sample_bytes, 1)
         chunk = max(1, min(S, max_memory // per_sample))
@@ -389,6 +474,150 @@ def _run_chunked(
             parts.append(fn(s0, s1, x[r0 : r0 + rows]))
         outs.append(torch.cat(parts, 1))
     return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+
+
+# ============================================================================ hand-batched chains
+#: activation modules that act elementwise and identically in train and eval
+#: mode: the hand-batched path applies them to ``(S, N, features)`` as they are
+_ELEMENTWISE = (
+    nn.Identity, nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
+    nn.Mish, nn.Sigmoid, nn.LogSigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardtanh,
+    nn.Hardsigmoid, nn.Hardswish,
+)
+
+#: set to False to force the general vmap/functional_call path everywhere
+#: (the hand-batched path is an exact re-implementation, kept switchable for tests)
+_USE_CHAIN_PATH = True
+
+#: one step of a chain: ("linear", weight name, bias name or None) or ("act", module, None)
+ChainStep = Tuple[str, Any, Optional[str]]
+
+
+def _has_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    """Whether global module hooks are registered (the chain path would skip them)."""
+    mm = nn.modules.module
+    return bool(
+        mm._global_forward_hooks or mm._global_forward_pre_hooks or mm._global_backward_hooks
+        or mm._global_backward_pre_hooks
+    )
+
+
+def _linear_chain(net: nn.Module, *, dropout_is_identity: bool = False) -> Optional[List[ChainStep]]:
+    r"""The network as a plain chain :math:`f = a_L\circ\ell_L\circ\dots\circ a_1\circ\ell_1`
+    of ``nn.Linear`` layers :math:`\ell` and elementwise activations :math:`a`,
+    or ``None`` when it is anything else.
+
+    Accepted: an ``nn.Sequential`` (nested ``nn.Sequential`` allowed) whose
+    leaves are exactly ``nn.Linear`` or one of the elementwise activations in
+    ``_ELEMENTWISE`` (exact types: a subclass may override ``forward``), with
+    no hooks, no parametrizations and no buffers; with ``dropout_is_identity``
+    also ``nn.Dropout`` modules, skipped (the caller guarantees eval mode).
+    Everything else -- convolutions, normalisation layers, custom modules --
+    takes the general :func:`torch.func.vmap` path."""
+    if type(net) is not nn.Sequential:
+        return None
+    if next(net.buffers(), None) is not None:
+        return None
+    chain: List[ChainStep] = []
+
+    def walk(seq: nn.Sequential, prefix: str) -> bool:
+        if _has_hooks(seq):
+            return False
+        for name, m in seq._modules.items():
+            if m is None:
+                continue
+            full = f"{prefix}{name}"
+            if _has_hooks(m):
+                return False
+            if type(m) is nn.Sequential:
+                if not walk(m, full + "."):
+                    return False
+            elif type(m) is nn.Linear:
+                if m._modules:  # e.g. parametrizations
+                    return False
+                chain.append(("linear", f"{full}.weight", f"{full}.bias" if m.bias is not None else None))
+            elif type(m) in _ELEMENTWISE:
+                if getattr(m, "inplace", False) and not any(kind == "linear" for kind, _, _ in chain):
+                    return False  # would write into the caller's input
+                if type(m) is not nn.Identity:
+                    chain.append(("act", m, None))
+            elif dropout_is_identity and type(m) in _DROPOUT_TYPES:
+                continue
+            else:
+                return False
+        return True
+
+    if not walk(net, "") or not any(kind == "linear" for kind, _, _ in chain):
+        return None
+    return chain
+
+
+def _chain_layout(chain: List[ChainStep]) -> Dict[str, str]:
+    """The parameter layout :func:`_chain_forward_members` takes (see :class:`_FlatMembers`)."""
+    layout = {}
+    for kind, a, bname in chain:
+        if kind == "linear":
+            layout[a] = "T"
+            if bname is not None:
+                layout[bname] = "B"
+    return layout
+
+
+def _chain_forward_members(chain: List[ChainStep], params: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    r""":func:`_chain_forward` for training: every parameter per member and
+    already in the layout of :func:`_chain_layout` (weights :math:`W^\top`
+    ``(M, in, out)``, biases ``(M, 1, out)``), inputs ``(M, B, in)``; one
+    ``baddbmm`` per layer and no reshaping views in the autograd graph."""
+    h = x
+    for kind, a, bname in chain:
+        if kind == "act":
+            h = a(h)
+        elif bname is None:
+            h = torch.bmm(h, params[a])
+        else:
+            h = torch.baddbmm(params[bname], h, params[a])
+    return h
+
+
+def _chain_forward(chain: List[ChainStep], params: Dict[str, torch.Tensor], x: torch.Tensor, S: int) -> torch.Tensor:
+    r"""``S`` networks of one chain (see :func:`_linear_chain`) in one batched
+    pass: ``(S, N, out)``.
+
+    Each weight is either shared, ``(out, in)``, or per sample, ``(S, out, in)``
+    (likewise biases, ``(out,)`` or ``(S, out)``); ``x`` is ``(N, in)``, shared,
+    or ``(S, N, in)``. A layer computes :math:`h W_s^\top + b_s` with
+    :func:`torch.baddbmm` when its weight is per sample and with one
+    :func:`torch.nn.functional.linear` over all samples' rows when it is shared;
+    a shared input stays shared (computed once) until the first per-sample
+    weight. This is what ``vmap(functional_call(net, ...))`` computes, with a
+    handful of kernels per layer instead of vmap's per-op dispatch.
+    """
+    h = x
+    for kind, a, bname in chain:
+        if kind == "act":
+            h = a(h)
+            continue
+        w = params[a]
+        b = params[bname] if bname is not None else None
+        if w.dim() == 2:
+            if b is None or b.dim() == 1:
+                h = torch.nn.functional.linear(h, w, b)
+            else:  # shared weight, per-sample bias
+                h = torch.nn.functional.linear(h, w) + b.unsqueeze(-2)
+            continue
+        if h.dim() == 2:
+            h = h.expand((w.shape[0],) + h.shape)
+        if b is None:
+            h = torch.bmm(h, w.transpose(1, 2))
+        else:
+            h = torch.baddbmm(b.unsqueeze(1) if b.dim() == 2 else b, h, w.transpose(1, 2))
+    if h.dim() == 2:
+        h = h.expand((S,) + h.shape)
+    return h
 
 
 # ============================================================================ layer discovery
@@ -602,6 +831,9 @@ class _MaskedPosterior(Posterior):
         self._raw = {k: v.detach() for k, v in latents.items()}
         self.p = float(p)
         self.settings = dict(settings)
+        # predictions mask weights and run ``net`` in eval mode, where its dropout modules are the
+        # identity: the plain copy ``model.net`` (same parameters, no inserted hooks) is the chain
+        self._chain = _linear_chain(model.net, dropout_is_identity=True)
 
     @property
     def device(self) -> torch.device:
@@ -618,7 +850,10 @@ class _MaskedPosterior(Posterior):
     @property
     def latents(self) -> Dict[str, torch.Tensor]:
         """Maximum-likelihood values of the likelihood's latents (e.g. ``{"sigma": σ}``)."""
-        return {k: v.detach() for k, v in _constrain(self.model, self._raw).items()}
+        constrain = self.__dict__.get("_constrain_fn")
+        if constrain is None:
+            constrain = self._constrain_fn = _constrainer(self.model)
+        return {k: v.detach() for k, v in constrain(self._raw).items()}
 
     def _expanded_latents(self, S: int) -> Dict[str, torch.Tensor]:
         return {k: v.expand((S,) + v.shape) for k, v in self.latents.items()}
@@ -642,18 +877,28 @@ class _MaskedPosterior(Posterior):
         return out
 
     def _predict_from_masks(self, x: torch.Tensor, S: int, chunk_size, max_memory) -> Prediction:
-        """``S`` masked weight sets through the network in batched passes
-        (vmap over functional_call), one set per sample chunk shared by its
-        row chunks; sampled weights count against ``max_memory``."""
+        """``S`` masked weight sets through the network in batched passes, one
+        set per sample chunk shared by its row chunks; sampled weights count
+        against ``max_memory``. A plain chain of Linear layers and elementwise
+        activations runs hand-batched (:func:`_chain_forward`: shared layers
+        once, masked ones as one ``baddbmm``), anything else as ``vmap`` over
+        ``functional_call``; both see the same masked weights."""
         named = dict(self.net.named_parameters())
         w_bytes = sum(named[n].numel() * named[n].element_size() for n in self._mask_targets())
-        chunk, rows = _chunk_plan(self.model, x, S, chunk_size, max_memory, per_sample_bytes=w_bytes)
+        chunk, rows = _chunk_plan(
+            self.model, x, S, chunk_size, max_memory, per_sample_bytes=w_bytes, per_row=_row_bytes(self, x)
+        )
         net = self.net
         cache: Dict[str, Any] = {}
+        chain = self._chain if _USE_CHAIN_PATH and x.dim() == 2 and not _global_hooks() else None
+        if chain is not None:
+            shared = {k: v.detach() for k, v in named.items()}
 
         def run(s0, s1, xr):
             if cache.get("s0") != s0:
                 cache["s0"], cache["w"] = s0, self._masked_weights(s1 - s0)
+            if chain is not None:
+                return _chain_forward(chain, {**shared, **cache["w"]}, xr, s1 - s0)
             return vmap(lambda w: functional_call(net, w, (xr,), strict=False), randomness="different")(cache["w"])
 
         with _EvalMode(net), torch.no_grad():
@@ -700,8 +945,11 @@ class DropoutPosterior(_MaskedPosterior):
         z_{s,j}\sim\mathrm{Bernoulli}(1-p),
 
     so predictions draw the :math:`S` masked weight sets and push them through
-    the network in one batched pass (:func:`torch.func.vmap` over
-    :func:`torch.func.functional_call`), chunked to bound memory, and
+    the network in one batched pass (for a chain of Linear layers and
+    elementwise activations the masked layers as one :func:`torch.baddbmm`
+    each and the unmasked first layer once for all samples; otherwise
+    :func:`torch.func.vmap` over :func:`torch.func.functional_call`; see the
+    module docs), chunked to bound memory, and
     :meth:`sample_latents` returns them. Dropout modules that do not sit right
     before a Linear/Conv layer of an ``nn.Sequential`` mask activations
     instead: then the masks are drawn inside one ``vmap(...,
@@ -720,6 +968,23 @@ class DropoutPosterior(_MaskedPosterior):
             layer whose weight columns the mask acts on, or ``None``).
         latents: maximum-likelihood likelihood latents (e.g. the noise σ).
         fit_info: ``losses`` (per step), ``seconds``, ``num_steps``.
+
+    Example:
+        Returned by :class:`MCDropout`:
+
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
+        >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> posterior = inference.MCDropout(p=0.1, num_steps=20, progress=False).fit(model, x, y)
+        >>> pred = posterior.predict(x, num_samples=10)     # 10 dropout masks
+        >>> pred.mean.shape, pred.num_samples
+        (torch.Size([20]), 10)
+
+    References:
+        Y. Gal and Z. Ghahramani, *Dropout as a Bayesian Approximation:
+        Representing Model Uncertainty in Deep Learning* (ICML 2016).
     """
 
     method = "mc-dropout"
@@ -738,7 +1003,9 @@ class DropoutPosterior(_MaskedPosterior):
         return list(dict.fromkeys(_param_name(e["fold"], "weight") for e in self.plan))
 
     def _masked_weights(self, S: int) -> Dict[str, torch.Tensor]:
-        modules = dict(self.net.named_modules())
+        modules = self.__dict__.get("_modules_by_name")
+        if modules is None:
+            modules = self._modules_by_name = dict(self.net.named_modules())
         masks: Dict[str, torch.Tensor] = {}
         for e in self.plan:
             layer = modules[e["fold"]]
@@ -772,7 +1039,7 @@ class DropoutPosterior(_MaskedPosterior):
         S = check_positive_int(self.default_num_samples if num_samples is None else num_samples, "num_samples")
         if self.in_weight_space:
             return self._predict_from_masks(x, S, chunk_size, max_memory)
-        chunk, rows = _chunk_plan(self.model, x, S, chunk_size, max_memory)
+        chunk, rows = _chunk_plan(self.model, x, S, chunk_size, max_memory, per_row=_row_bytes(self, x))
         dummy = torch.empty(S, device=x.device)
         net = self.net
 
@@ -855,9 +1122,11 @@ class _DropoutInference(_MLInference):
             _check_likelihood(model, method, net.eval()(x0[:2]), y0[:2], _constrain(model, raw))
         penalty = _penalty(model, self.weight_decay, data.num_data, keep_fn(info))
         named = dict(net.named_parameters())
+        constrain = _constrainer(model)
+        log_prob = _fast_log_prob(lik)
 
         def loss_fn(xb, yb):
-            loss = -lik.log_prob(forward_fn(net, named, xb, info), yb, _constrain(model, raw)).mean()
+            loss = -log_prob(forward_fn(net, named, xb, info), yb, constrain(raw)).mean()
             if penalty is not None:
                 loss = loss + penalty(named)
             return loss, loss.detach()
@@ -1026,14 +1295,34 @@ class DropConnectPosterior(_MaskedPosterior):
     Each predictive sample is one set of masked weights
     :math:`W_s = W\circ Z_s/(1-p)`, :math:`Z_s\sim\mathrm{Bernoulli}(1-p)`
     elementwise, for every masked layer; biases are not masked. The :math:`S`
-    weight sets run through the network in one batched pass
-    (:func:`torch.func.vmap` over :func:`torch.func.functional_call`), chunked so
-    that weights plus activations stay under ``max_memory``.
+    weight sets run through the network in one batched pass (hand-batched
+    :func:`torch.baddbmm` for a chain of Linear layers and elementwise
+    activations, else :func:`torch.func.vmap` over
+    :func:`torch.func.functional_call`), chunked so that weights plus
+    activations stay under ``max_memory``.
 
     Attributes:
         net: the trained network, ``model.net`` (``eval()``: unmasked weights).
         masked: names of the masked weight parameters.
         latents: maximum-likelihood likelihood latents.
+
+    Example:
+        Returned by :class:`MCDropConnect`:
+
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
+        >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> posterior = inference.MCDropConnect(p=0.1, num_steps=20, progress=False).fit(model, x, y)
+        >>> posterior.sample_latents(10)["0.weight"].shape  # 10 masked copies of the first weight
+        torch.Size([10, 8, 1])
+        >>> posterior.predict(x, num_samples=10).mean.shape
+        torch.Size([20])
+
+    References:
+        L. Wan, M. Zeiler, S. Zhang, Y. LeCun and R. Fergus, *Regularization of
+        Neural Networks using DropConnect* (ICML 2013).
     """
 
     method = "mc-dropconnect"
@@ -1167,10 +1456,85 @@ class MCDropConnect(_DropoutInference):
 
 
 # ============================================================================ deep ensembles
+class _FlatMembers:
+    r"""The trained tensors of :math:`M` members -- stacked parameters
+    ``(M, *shape)`` and likelihood latents ``(M, *shape)`` -- as views of one
+    leaf ``(M, P)`` (members in rows), so that Adam, whose update is
+    elementwise, runs as one fused kernel on one tensor and the backward pass
+    accumulates one gradient. Mathematically the same optimiser as one Adam
+    per tensor (per member). Falls back to the separate tensors when their
+    dtypes or devices differ.
+
+    ``layout`` stores parameters the way the hand-batched chain consumes them
+    (:func:`_chain_forward_members`): ``"T"`` a weight as :math:`W^\top`,
+    ``(M, in, out)``, ``"B"`` a bias as ``(M, 1, out)``; :meth:`standard` and
+    :meth:`values` give the usual ``(M, out, in)`` / ``(M, out)``."""
+
+    def __init__(
+        self, params: Dict[str, torch.Tensor], raw: Dict[str, torch.Tensor], M: int,
+        layout: Optional[Dict[str, str]] = None,
+    ):
+        self.layout = dict(layout or {})
+        params = {k: self._to_layout(k, v) for k, v in params.items()}
+        tensors = {**{("p", k): v for k, v in params.items()}, **{("r", k): v for k, v in raw.items()}}
+        self.keys = list(tensors)
+        self.shapes = [tuple(v.shape[1:]) for v in tensors.values()]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        same = len({(v.dtype, v.device) for v in tensors.values()}) <= 1
+        if tensors and same:
+            self.flat = torch.cat([v.detach().reshape(M, -1) for v in tensors.values()], 1).requires_grad_(True)
+            self.leaves = [self.flat]
+            self.separate = None
+        else:
+            self.flat = None
+            self.separate = {k: v.detach().contiguous().requires_grad_(True) for k, v in tensors.items()}
+            self.leaves = list(self.separate.values())
+        self.M = M
+
+    def _to_layout(self, name: str, v: torch.Tensor) -> torch.Tensor:
+        kind = self.layout.get(name)
+        return v.transpose(1, 2) if kind == "T" else v.unsqueeze(1) if kind == "B" else v
+
+    def standard(self, params: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Parameters in ``layout`` -> the usual stacked shapes (views)."""
+        out = {}
+        for k, v in params.items():
+            kind = self.layout.get(k)
+            out[k] = v.transpose(1, 2) if kind == "T" else v.squeeze(1) if kind == "B" else v
+        return out
+
+    def views(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """(stacked parameters in ``layout``, raw latents) as differentiable views of the leaf."""
+        if self.flat is None:
+            items = self.separate.items()
+        else:
+            parts = self.flat.split(self.sizes, 1)
+            items = ((k, t.view((self.M,) + s)) for k, t, s in zip(self.keys, parts, self.shapes))
+        p: Dict[str, torch.Tensor] = {}
+        r: Dict[str, torch.Tensor] = {}
+        for (kind, name), t in items:
+            (p if kind == "p" else r)[name] = t
+        return p, r
+
+    def values(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+        """Detached, contiguous copies of the trained tensors, in the usual shapes."""
+        with torch.no_grad():
+            p, r = self.views()
+            p = self.standard(p)
+        fmt = torch.contiguous_format
+        return (
+            {k: v.detach().clone(memory_format=fmt) for k, v in p.items()},
+            {k: v.detach().clone(memory_format=fmt) for k, v in r.items()},
+        )
+
+
 class EnsemblePosterior(Posterior):
     r"""A deep ensemble (Lakshminarayanan et al., 2017): :math:`M` networks
     stored as stacked parameters (:func:`torch.func.stack_module_state`) and
-    evaluated together in one batched pass (:func:`torch.func.vmap`).
+    evaluated together in one batched pass: :func:`torch.baddbmm` over the
+    stacked weights for a chain of Linear layers and elementwise activations,
+    :func:`torch.func.vmap` over :func:`torch.func.functional_call` for any
+    other network (see :meth:`forward`).
 
     The predictive is the equal-weight mixture of the members: for regression
     :math:`\mu^* = \frac1M\sum_i\mu_i`,
@@ -1187,6 +1551,23 @@ class EnsemblePosterior(Posterior):
         seeds: the per-member initialisation seeds.
         fit_info: ``losses`` (per step and member, ``(num_steps, M)``),
             ``seconds``, ``num_steps``.
+
+    Example:
+        Returned by :class:`DeepEnsemble`:
+
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
+        >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> posterior = inference.DeepEnsemble(size=3, num_steps=20, progress=False).fit(model, x, y)
+        >>> pred = posterior.predict(x)
+        >>> posterior.size, pred.num_samples                # one mixture component per member
+        (3, 3)
+
+    References:
+        B. Lakshminarayanan, A. Pritzel and C. Blundell, *Simple and Scalable
+        Predictive Uncertainty Estimation using Deep Ensembles* (NeurIPS 2017).
     """
 
     method = "ensemble"
@@ -1209,6 +1590,7 @@ class EnsemblePosterior(Posterior):
         self.seeds = [int(s) for s in seeds]
         self.settings = dict(settings)
         self._base = copy.deepcopy(model.net).to("meta")
+        self._chain = _linear_chain(model.net)
 
     @property
     def size(self) -> int:
@@ -1240,11 +1622,21 @@ class EnsemblePosterior(Posterior):
         *,
         per_member_inputs: bool = False,
     ) -> torch.Tensor:
-        """All members' outputs in one vectorised pass: ``(M, N, k)``. ``x`` is
+        r"""All members' outputs in one vectorised pass: ``(M, N, k)``. ``x`` is
         ``(N, ...)`` shared by the members, or ``(M, N, ...)`` with
-        ``per_member_inputs=True``. Differentiable (used for training)."""
+        ``per_member_inputs=True``. Differentiable (used for training).
+
+        A network that is a chain of ``nn.Linear`` layers and elementwise
+        activations (no buffers, hooks or custom modules) with 2-D inputs runs
+        hand-batched, :math:`h^{(l)}_i = a_l(h^{(l-1)}_i W^{(l)\top}_i + b^{(l)}_i)`
+        for all members :math:`i` as one :func:`torch.baddbmm` per layer; any
+        other network runs as :func:`torch.func.vmap` over
+        :func:`torch.func.functional_call`. Both give the same outputs and
+        gradients up to floating-point summation order."""
         params = self.params if params is None else params
         buffers = self.buffers if buffers is None else buffers
+        if self._chain is not None and _USE_CHAIN_PATH and x.dim() == 2 + per_member_inputs and not _global_hooks():
+            return _chain_forward(self._chain, params, x, next(iter(params.values())).shape[0])
         base = self._base
 
         def one(p, b, xi):
@@ -1288,7 +1680,7 @@ class EnsemblePosterior(Posterior):
         if num_samples is not None:
             check_positive_int(num_samples, "num_samples")
         M = self.size
-        chunk, rows = _chunk_plan(self.model, x, M, chunk_size, max_memory)
+        chunk, rows = _chunk_plan(self.model, x, M, chunk_size, max_memory, per_row=_row_bytes(self, x))
 
         def run(s0, s1, xr):
             p = {k: v[s0:s1] for k, v in self.params.items()}
@@ -1360,10 +1752,13 @@ class DeepEnsemble(_MLInference):
     maximum likelihood, combined as an equal-weight mixture.
 
     All members are trained *at once*: their parameters are stacked with
-    :func:`torch.func.stack_module_state` and one :func:`torch.func.vmap` over
-    :func:`torch.func.functional_call` evaluates them in one batched pass; one
-    Adam optimiser updates the stacked tensors (Adam is elementwise, so this is
-    exactly :math:`M` independent optimisers). The loss is the sum over members
+    :func:`torch.func.stack_module_state` and evaluated in one batched pass
+    (:meth:`EnsemblePosterior.forward`: one :func:`torch.baddbmm` per layer for
+    a chain of Linear layers and elementwise activations, :func:`torch.func.vmap`
+    over :func:`torch.func.functional_call` otherwise). Every trained tensor
+    (all members' weights and likelihood latents) is a view of one
+    ``(M, P)`` leaf updated by one fused Adam step (Adam is elementwise, so
+    this is exactly :math:`M` independent optimisers). The loss is the sum over members
     of each member's mean negative log-likelihood (plus weight decay), so the
     members' gradients are independent. Each member shuffles the data in its
     own order (minibatches of size ``batch_size``); with a DataLoader all
@@ -1490,11 +1885,20 @@ class DeepEnsemble(_MLInference):
             xe, ye = data.x.expand((M,) + data.x.shape), data.y.expand((M,) + data.y.shape)
             while True:
                 yield xe, ye
+        # each epoch gathers the M shuffled copies of the data at once (when they fit in
+        # _PERMUTED_BYTES), so a step takes views instead of indexing the data again
+        row_bytes = (data.x[0].numel() * data.x.element_size() + data.y[0].numel() * data.y.element_size())
+        at_once = M * N * row_bytes <= _PERMUTED_BYTES
         while True:
             perm = torch.rand(M, N, device=data.device).argsort(1)
-            for i in range(0, N - bs + 1, bs):
-                idx = perm[:, i : i + bs]
-                yield data.x[idx], data.y[idx]
+            if at_once:
+                xp, yp = data.x[perm], data.y[perm]
+                for i in range(0, N - bs + 1, bs):
+                    yield xp[:, i : i + bs], yp[:, i : i + bs]
+            else:
+                for i in range(0, N - bs + 1, bs):
+                    idx = perm[:, i : i + bs]
+                    yield data.x[idx], data.y[idx]
 
     # -- objective -------------------------------------------------------------
     def loss(
@@ -1513,22 +1917,31 @@ class DeepEnsemble(_MLInference):
         with :math:`\ell_i` member :math:`i`'s mean negative log-likelihood and
         :math:`x'` the FGSM examples when ``self.adversarial``.
         """
-        model = posterior.model
-        lik = model.likelihood
-        lats = _constrain(model, posterior._raw)
         eps = epsilon if epsilon is not None else self.epsilon
+        if self.adversarial and eps is None:
+            raise ValueError("adversarial training needs a step size: pass epsilon= (fit derives it from the data)")
+        lats = _constrain(posterior.model, posterior._raw)
+        return self._loss(posterior, posterior.params, lats, x, y, eps, penalty)
+
+    def _loss(self, posterior, params, lats, x, y, eps, penalty, forward=None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss` on given stacked parameters and constrained latents;
+        ``forward(x)``, when given, computes the members' outputs instead of
+        ``posterior.forward(x, params, per_member_inputs=True)``, and then
+        ``params`` is only needed by the penalty."""
+        log_prob = _fast_log_prob(posterior.model.likelihood)
+        if forward is None:
+            def forward(xi):
+                return posterior.forward(xi, params, per_member_inputs=True)
         if self.adversarial:
-            if eps is None:
-                raise ValueError("adversarial training needs a step size: pass epsilon= (fit derives it from the data)")
             x = x.detach().clone().requires_grad_(True)
-        nll = -lik.log_prob(posterior.forward(x, per_member_inputs=True), y, lats).mean(-1)
+        nll = -log_prob(forward(x), y, lats).mean(-1)
         if self.adversarial:
             (g,) = torch.autograd.grad(nll.sum(), x, retain_graph=True)
             x_adv = (x + eps * g.sign()).detach()
-            nll = nll - lik.log_prob(posterior.forward(x_adv, per_member_inputs=True), y, lats).mean(-1)
+            nll = nll - log_prob(forward(x_adv), y, lats).mean(-1)
         loss = nll.sum()
         if penalty is not None:
-            loss = loss + penalty(posterior.params)
+            loss = loss + penalty(params)
         return loss, nll.detach()
 
     def _epsilon(self, data: Data, x0: torch.Tensor) -> Union[float, torch.Tensor]:
@@ -1569,23 +1982,40 @@ class DeepEnsemble(_MLInference):
             _check_likelihood(model, "DeepEnsemble", probe, y0[:, :2], _constrain(model, raw))
         penalty = _penalty(model, self.weight_decay, data.num_data, {})
         eps = self._epsilon(data, x0[0]) if self.adversarial else None
+        constrain = _constrainer(model)
+        # every trained tensor (members' weights and latents) is a view of one (M, P) leaf:
+        # one fused Adam kernel and one gradient buffer per step instead of one per tensor;
+        # for a Linear chain stored as the hand-batched forward consumes it
+        chain = post._chain if _USE_CHAIN_PATH and x0.dim() == 3 and not _global_hooks() else None
+        flat = _FlatMembers(
+            {k: v for k, v in params.items() if v.requires_grad}, raw, M,
+            layout=None if chain is None else _chain_layout(chain),
+        )
+        fixed = {k: flat._to_layout(k, v.detach()) for k, v in params.items() if not v.requires_grad}
 
         def loss_fn(xb, yb):
-            return self.loss(post, xb, yb, epsilon=eps, penalty=penalty)
+            p, r = flat.views()
+            if fixed:
+                p = {**fixed, **p}
+            if chain is None:
+                return self._loss(post, p, constrain(r), xb, yb, eps, penalty)
+            std = flat.standard(p) if penalty is not None else None
+            fwd = lambda xi: _chain_forward_members(chain, p, xi)  # noqa: E731
+            return self._loss(post, std, constrain(r), xb, yb, eps, penalty, forward=fwd)
 
         num_steps = _steps(self.num_steps, self.epochs, data, self.batch_size)
-        trainable = [t for t in params.values() if t.requires_grad] + list(raw.values())
         post._base.train()
         try:
             losses, secs = _optimise(
-                loss_fn, _chain(iter([(x0, y0)]), batches), trainable, num_steps=num_steps, lr=self.lr,
+                loss_fn, _chain(iter([(x0, y0)]), batches), flat.leaves, num_steps=num_steps, lr=self.lr,
                 progress=self.progress, desc=self.name, device=data.device, record_shape=(M,),
             )
         finally:
             post._base.eval()
             model.net.eval()
-        post.params = {k: v.detach().requires_grad_(v.requires_grad) for k, v in params.items()}
-        post._raw = {k: v.detach() for k, v in raw.items()}
+        trained, raw = flat.values()
+        post.params = {k: trained[k].requires_grad_(True) if k in trained else v.detach() for k, v in params.items()}
+        post._raw = raw
         post.fit_info = {"losses": losses, "seconds": secs, "num_steps": num_steps}
         post._fitted = True
         return post

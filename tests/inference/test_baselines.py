@@ -445,3 +445,289 @@ def test_heteroscedastic_model_learns_input_dependent_noise(method):
     assert ale[16] / ale[2] > 2.0  # ... by a clear factor ...
     for i in (2, 16):  # ... and is of the right size
         assert want[i] / 2.5 < ale[i] < want[i] * 2.5, (i, float(ale[i]), float(want[i]))
+
+
+# ----------------------------------------------------------------------------- hand-batched chains == general vmap path
+from pyrobdl.inference import baselines as _bl  # noqa: E402
+
+
+@pytest.fixture
+def general_path(monkeypatch):
+    """Returns a context switching pyrobdl to its general vmap/functional_call path."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        monkeypatch.setattr(_bl, "_USE_CHAIN_PATH", False)
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(_bl, "_USE_CHAIN_PATH", True)
+
+    return ctx
+
+
+class _Scale(nn.Module):
+    """A custom module: the chain path cannot know what it does."""
+
+    def __init__(self):
+        super().__init__()
+        self.s = nn.Parameter(torch.tensor(1.5))
+
+    def reset_parameters(self):
+        nn.init.uniform_(self.s, 1.0, 2.0)
+
+    def forward(self, x):
+        return self.s * x
+
+
+class _MyReLU(nn.ReLU):
+    def forward(self, x):
+        return super().forward(x) - 0.1
+
+
+def test_chain_detection_accepts_linear_chains_only():
+    chain = _bl._linear_chain(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Sequential(nn.Linear(4, 4, bias=False), nn.GELU()), nn.Linear(4, 1)))
+    assert [(k, a if k == "linear" else type(a).__name__, b) for k, a, b in chain] == [
+        ("linear", "0.weight", "0.bias"), ("act", "Tanh", None), ("linear", "2.0.weight", None),
+        ("act", "GELU", None), ("linear", "3.weight", "3.bias"),
+    ]
+    rejected = [
+        nn.Linear(2, 1),  # not a Sequential (a plain module: its forward is its own)
+        nn.Sequential(nn.Linear(2, 4), _Scale(), nn.Linear(4, 1)),  # custom module
+        nn.Sequential(nn.Linear(2, 4), _MyReLU(), nn.Linear(4, 1)),  # subclass overriding forward
+        nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)),  # buffers, mode-dependent
+        nn.Sequential(nn.Linear(2, 4), nn.Dropout(0.1), nn.Linear(4, 1)),  # random in train mode
+        nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(4, 1)),
+        nn.Sequential(nn.Tanh()),  # no Linear layer
+        nn.Sequential(nn.ReLU(inplace=True), nn.Linear(2, 1)),  # would modify the caller's input
+    ]
+    for net in rejected:
+        assert _bl._linear_chain(net) is None, net
+    hooked = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))
+    hooked[2].register_forward_hook(lambda m, a, out: out * 2)
+    assert _bl._linear_chain(hooked) is None
+    # in eval mode (prediction), dropout modules are the identity
+    assert _bl._linear_chain(rejected[4], dropout_is_identity=True) is not None
+    # in-place activations after the first layer act on fresh activations, as in the net
+    inplace = nn.Sequential(nn.Linear(2, 4), nn.ReLU(inplace=True), nn.Linear(4, 1))
+    chain = _bl._linear_chain(inplace)
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(_bl._chain_forward(chain, dict(inplace.named_parameters()), x, 3), inplace(x).expand(3, 5, 1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chain_forward_equals_vmap_functional_call(dtype):
+    """Every mix of shared and per-sample weights, shared or per-sample inputs."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.ELU(), nn.Sequential(nn.Linear(8, 8, bias=False), nn.Tanh()), nn.Linear(8, 2)).to(dtype)
+    chain = _bl._linear_chain(net)
+    named = {k: v.detach() for k, v in net.named_parameters()}
+    S, N = 4, 6
+    stacked = {k: v + 0.1 * torch.randn((S,) + v.shape, dtype=dtype) for k, v in named.items()}
+    x = torch.randn(N, 3, dtype=dtype)
+    xs = torch.randn(S, N, 3, dtype=dtype)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-13)
+    for batched in [set(), {"2.0.weight"}, {"0.weight", "3.bias"}, set(named)]:
+        params = {k: stacked[k] if k in batched else v for k, v in named.items()}
+        per = {k: stacked[k] for k in batched}
+        for inp, in_dim in [(x, None), (xs, 0)]:
+            got = _bl._chain_forward(chain, params, inp, S)
+            if per:
+                want = torch.func.vmap(lambda w, xi: torch.func.functional_call(net, w, (xi,), strict=False),
+                                       in_dims=(0, in_dim))(per, inp)
+            else:
+                want = net(inp).expand(S, N, 2) if in_dim is None else net(inp)
+            assert got.shape == (S, N, 2) and got.dtype == dtype
+            torch.testing.assert_close(got, want, **tol)
+
+
+def test_ensemble_chain_path_equals_vmap_path(small_data, general_path):
+    """Outputs, the per-member loss, its gradients and one Adam step: the same on both paths."""
+    x, y = small_data
+    model = regression_model()
+    algo = DeepEnsemble(size=3, num_steps=3, lr=1e-2, progress=False, seed=0)
+    post = algo.fit(model, x, y)
+    assert post._chain is not None
+    xs = x[torch.randperm(40)[:24]].reshape(3, 8, 1)
+    ys = torch.randn(3, 8)
+
+    def evaluate():
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in post.params.items()}
+        lats = _bl._constrain(post.model, post._raw)
+        out_shared = post.forward(x, params)
+        loss, nll = algo._loss(post, params, lats, xs, ys, None, None)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        return out_shared.detach(), nll, grads
+
+    fast = evaluate()
+    with general_path():
+        slow = evaluate()
+    torch.testing.assert_close(fast[0], slow[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast[1], slow[1], rtol=1e-5, atol=1e-6)
+    for g_fast, g_slow in zip(fast[2], slow[2]):
+        torch.testing.assert_close(g_fast, g_slow, rtol=1e-4, atol=1e-6)
+    # a few full-batch training steps from the same weights: the same trained members
+    a = DeepEnsemble(size=3, num_steps=3, progress=False, warm_start=post).fit(model, x, y)
+    with general_path():
+        b = DeepEnsemble(size=3, num_steps=3, progress=False, warm_start=post).fit(model, x, y)
+    for k in a.params:
+        torch.testing.assert_close(a.params[k], b.params[k], rtol=1e-5, atol=1e-6, msg=k)
+    torch.testing.assert_close(a._raw["sigma"], b._raw["sigma"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.fit_info["losses"], b.fit_info["losses"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "custom module"])
+def test_ensemble_fallback_for_nets_the_chain_path_cannot_take(kind):
+    """A small CNN and a net with a custom module train and predict on the general
+    vmap path, and still match a loop over the members."""
+    torch.manual_seed(0)
+    if kind == "cnn":
+        net = nn.Sequential(nn.Conv1d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6, 1))
+        x = torch.randn(30, 1, 8)
+    else:
+        net = nn.Sequential(nn.Linear(2, 8), nn.Tanh(), _Scale(), nn.Linear(8, 1))
+        x = torch.randn(30, 2)
+    y = x.flatten(1).sum(1)
+    post = DeepEnsemble(size=3, num_steps=20, progress=False, seed=0).fit(BayesianNetwork(net), x, y)
+    assert post._chain is None
+    pred = post.predict(x)
+    loop = torch.stack([post.member(i)(x)[:, 0] for i in range(3)])
+    torch.testing.assert_close(pred.loc_samples, loop, rtol=1e-5, atol=1e-5)
+    # trained: the loss went down
+    losses = post.fit_info["losses"]
+    assert (losses[-1] < losses[0]).all()
+
+
+def test_ensemble_frozen_parameters_stay_fixed(small_data):
+    """Frozen parameters are outside the flat trained buffer and keep their values."""
+    x, y = small_data
+    net = mlp()
+    net[0].bias.requires_grad_(False)
+    post = DeepEnsemble(size=3, num_steps=10, progress=False, seed=0).fit(BayesianNetwork(net), x, y)
+    init = DeepEnsemble._init_members(BayesianNetwork(net), post.seeds)
+    for i in range(3):
+        torch.testing.assert_close(post.params["0.bias"][i], init[i][0].bias.detach())
+        assert not torch.allclose(post.params["0.weight"][i], init[i][0].weight.detach())
+    assert not post.params["0.bias"].requires_grad and post.params["0.weight"].requires_grad
+
+
+@pytest.mark.parametrize("cls", [MCDropout, MCDropConnect])
+def test_masked_prediction_chain_path_equals_vmap_path(small_data, cls, general_path):
+    """Same seed -> same masks -> the same samples on both paths, chunked or not."""
+    x, y = small_data
+    post = cls(p=0.3, **FAST).fit(regression_model(), x, y)
+    assert post._chain is not None
+    for kw in [{}, dict(chunk_size=7, max_memory=4096)]:
+        torch.manual_seed(11)
+        fast = post.predict(x, num_samples=20, **kw)
+        with general_path():
+            torch.manual_seed(11)
+            slow = post.predict(x, num_samples=20, **kw)
+        torch.testing.assert_close(fast.loc_samples, slow.loc_samples, rtol=1e-5, atol=1e-6)
+    # and each sample is the network run with that sample's masked weights (a loop, for reference)
+    torch.manual_seed(11)
+    draws = post.sample_latents(20)
+    torch.manual_seed(11)
+    fast = post.predict(x, num_samples=20)
+    names = {post.model.parameter_site(n): n for n in post.model.bayesian_parameters}
+    for s in (0, 7, 19):
+        w = {names[site]: v[s] for site, v in draws.items() if site in names}
+        ref = torch.func.functional_call(post.model.net, w, (x,))[:, 0]
+        torch.testing.assert_close(fast.loc_samples[s], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_masks_are_independent_across_samples(small_data):
+    """p = 0.5: each sample's column mask is Bernoulli(0.5), independent of the other samples'."""
+    x, y = small_data
+    post = MCDropout(p=0.5, **FAST).fit(regression_model(), x, y)
+    torch.manual_seed(0)
+    z = (post._masked_weights(2000)["2.weight"][:, 0, :] != 0).float()  # (S, 32) kept columns
+    # 2000*32 draws: 5 standard errors of the keep rate ~ 0.0063
+    assert abs(float(z.mean()) - 0.5) < 0.01
+    # agreement of two different samples' masks: 1/2 when independent; 1999*32 pairs, 5 s.e. ~ 0.014
+    agree = (z[1:] == z[:-1]).float().mean()
+    assert abs(float(agree) - 0.5) < 0.02
+    # sample correlation between samples (32 columns each): the mean over 2000 pairs is ~0
+    zc = z - z.mean(1, keepdim=True)
+    corr = (zc[1:] * zc[:-1]).sum(1) / (zc[1:].norm(dim=1) * zc[:-1].norm(dim=1)).clamp_min(1e-9)
+    assert abs(float(corr.mean())) < 0.03  # s.e. of the mean ~ 0.18 / sqrt(2000) = 0.004
+    # and the predictive samples differ from one another (no repeated masks)
+    out = post.predict(x, num_samples=50).loc_samples
+    assert torch.unique(out, dim=0).shape[0] == 50
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", METHODS)
+def test_chain_paths_follow_the_input_device(small_data, method, general_path):
+    x, y = (t.cuda() for t in small_data)
+    post = pyrobdl.fit(regression_model(), x, y, method=method, **FAST)
+    assert post._chain is not None and post.device.type == "cuda"
+    torch.manual_seed(0)
+    a = post.predict(x, num_samples=10)
+    with general_path():
+        torch.manual_seed(0)
+        b = post.predict(x, num_samples=10)
+    assert a.loc_samples.device.type == "cuda"
+    torch.testing.assert_close(a.loc_samples, b.loc_samples, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("lik,k", [(likelihoods.Gaussian(), 1), (likelihoods.Gaussian(scale=0.3), 1),
+                                   (likelihoods.Gaussian(), 2), (likelihoods.HeteroscedasticGaussian(), 2),
+                                   (likelihoods.HeteroscedasticGaussian(), 4)])
+def test_training_log_prob_equals_the_likelihoods(lik, k):
+    """The closed-form Gaussian log-density of the training loops is the likelihood's own."""
+    torch.manual_seed(0)
+    out = torch.randn(3, 7, k, dtype=torch.float64, requires_grad=True)
+    d = k // 2 if isinstance(lik, likelihoods.HeteroscedasticGaussian) else k
+    y = torch.randn((3, 7) if d == 1 else (3, 7, d), dtype=torch.float64)
+    lats = {"sigma": torch.rand(3, dtype=torch.float64) + 0.5} if lik.latent_supports() else {}
+    got = _bl._fast_log_prob(lik)(out, y, lats)
+    want = lik.log_prob(out, y, lats)
+    assert _bl._fast_log_prob(lik) is not lik.log_prob  # the closed form is used ...
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)  # ... and is the same function
+    g1, = torch.autograd.grad(got.sum(), out)
+    g2, = torch.autograd.grad(want.sum(), out)
+    torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+    other = likelihoods.Categorical()
+    assert _bl._fast_log_prob(other) == other.log_prob
+
+
+def test_ensemble_epoch_gather_equals_per_step_indexing(small_data, monkeypatch):
+    """Gathering each epoch's shuffles at once or indexing per step: the same batches, the same fit."""
+    x, y = small_data
+    fits = []
+    for limit in (_bl._PERMUTED_BYTES, 0):
+        monkeypatch.setattr(_bl, "_PERMUTED_BYTES", limit)
+        fits.append(DeepEnsemble(size=3, epochs=3, batch_size=8, progress=False, seed=4).fit(regression_model(), x, y))
+    a, b = fits
+    assert a.fit_info["num_steps"] == 15
+    torch.testing.assert_close(a.fit_info["losses"], b.fit_info["losses"], rtol=0, atol=0)
+    for n in a.params:
+        assert torch.equal(a.params[n], b.params[n])
+
+
+@pytest.mark.parametrize("options", [dict(weight_decay="prior"), dict(adversarial=True, epsilon=0.05),
+                                     dict(batch_size=8, epochs=2, weight_decay=0.01)])
+def test_ensemble_training_chain_path_equals_vmap_path(small_data, general_path, options):
+    """Training on the hand-batched path (weights stored transposed in one flat leaf) and on
+    the general path give the same members, with weight decay, FGSM and minibatches too;
+    a frozen layer stays frozen on both."""
+    x, y = small_data
+    net = mlp()
+    net[4].bias.requires_grad_(False)
+    model = BayesianNetwork(net)
+    fits = []
+    for general in (False, True):
+        kw = dict(size=3, num_steps=4, lr=1e-2, progress=False, seed=2, **options)
+        if general:
+            with general_path():
+                fits.append(DeepEnsemble(**kw).fit(model, x, y))
+        else:
+            fits.append(DeepEnsemble(**kw).fit(model, x, y))
+    a, b = fits
+    for k in a.params:
+        assert a.params[k].shape == b.params[k].shape and a.params[k].is_contiguous()
+        torch.testing.assert_close(a.params[k], b.params[k], rtol=1e-5, atol=1e-6, msg=k)
+    torch.testing.assert_close(a.fit_info["losses"], b.fit_info["losses"], rtol=1e-5, atol=1e-6)
+    assert torch.equal(a.params["4.bias"], b.params["4.bias"]) and not a.params["4.bias"].requires_grad
