@@ -54,7 +54,20 @@ def mixture_quantile(loc: torch.Tensor, scale: torch.Tensor, q: float, *, max_it
     r"""Elementwise ``q``-quantile of the equal-weight Gaussian mixture
     :math:`\frac1S\sum_s\mathcal N(\mu_s,\sigma_s^2)` (``loc``/``scale`` of shape ``(S, ...)``),
     by Newton's method safeguarded with bisection inside the bracket of the smallest and
-    largest component quantiles; converges to ~1e-13 relative in a few iterations."""
+    largest component quantiles; converges to ~1e-13 relative in a few iterations.
+
+    Solves :math:`F(x) = \frac1S\sum_s\Phi\big((x-\mu_s)/\sigma_s\big) = q`, with
+    :math:`\Phi` the standard normal CDF. Used by
+    :meth:`RegressionPrediction.quantile` and :meth:`RegressionPrediction.interval`.
+
+    Example:
+        >>> import torch
+        >>> loc, scale = torch.tensor([[-1.0], [1.0]]), torch.ones(2, 1)   # S=2, N=1
+        >>> mixture_quantile(loc, scale, 0.5)
+        tensor([0.])
+        >>> mixture_quantile(loc, scale, 0.975)     # wider than one component's 1.96
+        tensor([2.6461])
+    """
     z = float(torch.special.ndtri(torch.tensor(q, dtype=torch.float64)))
     comp = loc + scale * z
     if loc.shape[0] == 1:
@@ -87,6 +100,14 @@ class Prediction:
     Attributes:
         samples: dict of sampled likelihood parameters, each with a leading
             sample dimension of size :attr:`num_samples`.
+
+    Example:
+        >>> import torch
+        >>> pred = RegressionPrediction(loc=torch.tensor([[0.0, 1.0], [2.0, 1.0]]), scale=torch.ones(2, 2))
+        >>> isinstance(pred, Prediction), pred.num_samples, sorted(pred.samples)
+        (True, 2, ['loc', 'scale'])
+        >>> pred.epistemic_variance, pred.aleatoric_variance
+        (tensor([1., 0.]), tensor([1., 1.]))
     """
 
     samples: Dict[str, torch.Tensor]

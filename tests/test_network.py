@@ -180,3 +180,97 @@ def test_cuda_fit_and_predict():
     pred = post.predict(x, num_samples=10)
     assert pred.mean.is_cuda
     assert post.predict(x.cpu(), num_samples=5).mean.device.type == "cpu"
+
+
+# ----------------------------------------------------------------------------- plain-chain fast path
+def _reference_apply(net, params, x, S=None):
+    """The general path: functional_call, looped over samples."""
+    if S is None:
+        return functional_call(net, params, (x,), strict=False)
+    return torch.stack([functional_call(net, {k: v[s] for k, v in params.items()}, (x,), strict=False) for s in range(S)])
+
+
+@pytest.mark.parametrize(
+    "make_net, bayesian",
+    [
+        (lambda: nn.Sequential(nn.Linear(3, 9), nn.Tanh(), nn.Linear(9, 9), nn.Tanh(), nn.Linear(9, 2)), None),
+        (lambda: nn.Sequential(nn.Linear(3, 9), nn.ReLU(), nn.Sequential(nn.Linear(9, 7, bias=False), nn.GELU()), nn.Linear(7, 2)), None),
+        (lambda: nn.Sequential(nn.Linear(3, 9), nn.Sigmoid(), nn.Tanh(), nn.Linear(9, 2)), "last"),  # two activations in a row
+        (lambda: nn.Sequential(nn.Linear(3, 9), nn.SiLU(), nn.Linear(9, 2)), "0.weight"),  # deterministic bias and later layer
+    ],
+)
+def test_chain_fast_path_equals_general_path(make_net, bayesian):
+    """The baddbmm chain path (values, and gradients w.r.t. the sampled weights) equals
+    functional_call on the same weights, for batched and unbatched values."""
+    torch.manual_seed(0)
+    net = make_net().double()
+    model = BayesianNetwork(net, bayesian=bayesian)
+    assert model._chain() is not None
+    x = torch.randn(11, 3, dtype=torch.double)
+    S = 5
+    named = dict(net.named_parameters())
+    params = {k: torch.randn((S,) + named[k].shape, dtype=torch.double, requires_grad=True) for k in model._bayes_names}
+    out = model.apply(params, x)
+    ref = _reference_apply(net, params, x, S)
+    assert out.shape == ref.shape == (S, 11, 2)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)  # float64: only reassociation error
+    g_out = torch.autograd.grad(out.sin().sum(), list(params.values()))
+    g_ref = torch.autograd.grad(ref.sin().sum(), list(params.values()))
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    single = {k: v[2] for k, v in params.items()}
+    torch.testing.assert_close(model.apply(single, x), ref[2], rtol=1e-12, atol=1e-12)
+    # extra batch dims are flattened and restored
+    two = {k: v[:4].reshape((2, 2) + v.shape[1:]) for k, v in params.items()}
+    torch.testing.assert_close(model.apply(two, x), ref[:4].reshape(2, 2, 11, 2), rtol=1e-12, atol=1e-12)
+    # prediction: every chunking equals the loop (input chunking forced by max_memory)
+    samples = {model.parameter_site(k): v.detach() for k, v in params.items()}
+    samples["sigma"] = torch.rand(S, dtype=torch.double) + 0.5
+    for kw in [{}, {"chunk_size": 2}, {"max_memory": 300}, {"chunk_size": 3, "max_memory": 700}]:
+        pred = model.predict_from_samples(x, samples, **kw)
+        torch.testing.assert_close(pred.samples["loc"], ref.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_chain_path_only_for_plain_chains():
+    """Anything the chain path could get wrong falls back to the general path: other module
+    types, subclasses, random modules, hooks and patched forwards."""
+
+    class MyLinear(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    assert BayesianNetwork(nn.Sequential(nn.Linear(1, 4), nn.Dropout(0.1), nn.Linear(4, 1)))._chain() is None
+    assert BayesianNetwork(nn.Sequential(nn.Linear(1, 4), nn.LayerNorm(4), nn.Linear(4, 1)))._chain() is None
+    assert BayesianNetwork(nn.Sequential(MyLinear(1, 4), nn.Tanh(), nn.Linear(4, 1)))._chain() is None
+    assert BayesianNetwork(nn.Linear(2, 1))._chain() is None  # not a Sequential: general path
+    net = mlp(h=4)
+    model = BayesianNetwork(net)
+    assert model._chain() is not None
+    x = torch.randn(6, 1)
+    params = {k: v.detach() + 1.0 for k, v in net.named_parameters()}
+    plain = model.apply(params, x)
+    handle = net[1].register_forward_hook(lambda m, i, o: o + 10.0)
+    try:
+        assert model._chain() is None
+        hooked = model.apply(params, x)
+        torch.testing.assert_close(hooked, _reference_apply(net, params, x))
+        assert not torch.allclose(hooked, plain)
+    finally:
+        handle.remove()
+    assert model._chain() is not None
+    net[2].forward = lambda h: torch.zeros(h.shape[0], 1)  # a monkeypatched forward (as LRT does)
+    try:
+        assert model._chain() is None
+        assert torch.all(model.apply(params, x) == 0)
+    finally:
+        del net[2].forward
+    assert model._chain() is not None
+
+
+def test_chain_path_does_not_modify_inputs():
+    """In-place activations are applied only to fresh linear outputs, never to the user's x."""
+    model = BayesianNetwork(nn.Sequential(nn.Tanh(), nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))
+    x = torch.randn(5, 3) * 3
+    x0 = x.clone()
+    model.apply({k: v.detach().unsqueeze(0).expand(3, *v.shape) for k, v in model.net.named_parameters()}, x)
+    assert torch.equal(x, x0)

@@ -25,7 +25,22 @@ __all__ = [
 
 
 class NotFittedError(ValueError, RuntimeError):
-    """Raised when a posterior is used before it has been fitted."""
+    """Raised when a posterior is used before it has been fitted.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods
+        >>> from pyrobdl.inference.svi import MeanField
+        >>> model = BayesianNetwork(nn.Linear(1, 1), prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> try:
+        ...     Posterior(model).predict(torch.zeros(2, 1))
+        ... except NotFittedError as e:
+        ...     print(str(e)[:45])
+        this Posterior has not been fitted; call .fit
+        >>> post = MeanField(num_steps=2, progress=False).fit(model, torch.zeros(4, 1), torch.zeros(4))
+        >>> post.is_fitted
+        True
+    """
 
 _METHODS: Dict[str, Type["Inference"]] = {}
 _POSTERIORS: Dict[str, Type["Posterior"]] = {}
@@ -33,18 +48,46 @@ _POSTERIORS: Dict[str, Type["Posterior"]] = {}
 
 def register_method(cls: Type["Inference"]) -> Type["Inference"]:
     """Class decorator: make an :class:`Inference` subclass available to
-    :func:`pyrobdl.fit` under its ``name`` (and ``aliases``)."""
+    :func:`pyrobdl.fit` under its ``name`` (and ``aliases``).
+
+    Example::
+
+        @register_method
+        class PriorOnly(Inference):          # the class of the Inference example
+            name = "prior-only"
+            aliases = ("prior",)
+            ...
+
+        posterior = pyrobdl.fit(model, x, y, method="prior-only")
+    """
     for key in (cls.name,) + tuple(getattr(cls, "aliases", ())):
         _METHODS[key] = cls
     return cls
 
 
 def available_methods() -> list:
-    """Names accepted by ``pyrobdl.fit(..., method=...)``."""
+    """Names accepted by ``pyrobdl.fit(..., method=...)`` (aliases such as
+    ``"mfvi"`` are accepted too, but not listed).
+
+    Example:
+        >>> import pyrobdl
+        >>> {"mean-field", "low-rank", "full-rank", "ensemble"} <= set(pyrobdl.available_methods())
+        True
+    """
     return sorted(k for k, v in _METHODS.items() if k == v.name)
 
 
 def get_method(name: str) -> Type["Inference"]:
+    """The :class:`Inference` class registered under ``name`` or one of its
+    aliases (case-insensitive; ``_`` and ``-`` are the same).
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones).
+
+    Example:
+        >>> get_method("mean_field").__name__, get_method("MFVI").__name__
+        ('MeanField', 'MeanField')
+    """
     if not isinstance(name, str):
         raise TypeError(f"method must be a string, got {type(name).__name__}")
     key = name.strip().lower().replace("_", "-")
@@ -54,13 +97,27 @@ def get_method(name: str) -> Type["Inference"]:
 
 
 class Posterior:
-    """A fitted posterior (or posterior-like ensemble) over a
+    r"""A fitted posterior (or posterior-like ensemble) over a
     :class:`~pyrobdl.BayesianNetwork`'s latent variables.
 
     Subclasses implement :meth:`sample_latents` and the ``_state``/``_from_state``
     pair used by :meth:`save` / :func:`pyrobdl.load`; they set the class
     attribute ``method`` (the name :func:`pyrobdl.fit` knows them by), which
     also registers them for loading.
+
+    Every posterior predicts the same way: :meth:`predict` draws
+    :math:`\theta_s \sim q(\theta)` (variational), takes MCMC draws or ensemble
+    members, and returns the predictive mixture
+    :math:`p(y\mid x) \approx \frac1S\sum_s p(y\mid f_{\theta_s}(x))`.
+
+    Example:
+        A posterior that is just the prior (see :class:`Inference` for the
+        algorithm that returns it):
+
+        >>> class PriorPosterior(Posterior):
+        ...     def sample_latents(self, num_samples):
+        ...         return {name: site.prior.sample((num_samples,))
+        ...                 for name, site in self.model.latent_sites().items()}
     """
 
     method: ClassVar[str] = ""
@@ -164,7 +221,33 @@ class Posterior:
 
 class Inference:
     """Base class of inference algorithms: ``Inference(**settings).fit(model, x, y)``
-    returns a :class:`Posterior`."""
+    returns a :class:`Posterior`.
+
+    Subclasses set ``name`` (and optionally ``aliases``) and implement
+    :meth:`fit`; :func:`register_method` makes them available to
+    :func:`pyrobdl.fit`.
+
+    Example:
+        A (useless) method that returns the prior as the posterior:
+
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods
+        >>> class PriorPosterior(Posterior):
+        ...     def sample_latents(self, num_samples):
+        ...         return {name: site.prior.sample((num_samples,))
+        ...                 for name, site in self.model.latent_sites().items()}
+        >>> class PriorOnly(Inference):
+        ...     name = "prior-only"
+        ...     def fit(self, model, x=None, y=None):
+        ...         post = PriorPosterior(model)
+        ...         post._fitted = True
+        ...         return post
+        >>> model = BayesianNetwork(nn.Linear(1, 1), prior=priors.Normal(0.0, 1.0),
+        ...                         likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> pred = PriorOnly().fit(model).predict(torch.zeros(4, 1), num_samples=10)
+        >>> pred.mean.shape, pred.num_samples
+        (torch.Size([4]), 10)
+    """
 
     name: ClassVar[str] = ""
     aliases: ClassVar[Tuple[str, ...]] = ()

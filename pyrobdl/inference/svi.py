@@ -2,13 +2,13 @@ r"""Stochastic variational inference with Pyro's autoguides.
 
 Three Gaussian families over the (unconstrained) latent variables :math:`z`:
 
-=================  ==================================================  =====================
-class              :math:`q(z)`                                        Pyro guide
-=================  ==================================================  =====================
-:class:`MeanField` :math:`\prod_i \mathcal N(z_i;\mu_i,\sigma_i^2)`      ``AutoNormal``
-:class:`LowRank`   :math:`\mathcal N(\mu, WW^\top + D)`, rank r        ``AutoLowRankMultivariateNormal``
-:class:`FullRank`  :math:`\mathcal N(\mu, LL^\top)`                      ``AutoMultivariateNormal``
-=================  ==================================================  =====================
+==================  ===================================================  =================================
+class               :math:`q(z)`                                         Pyro guide
+==================  ===================================================  =================================
+:class:`MeanField`  :math:`\prod_i \mathcal N(z_i;\mu_i,\sigma_i^2)`     ``AutoNormal``
+:class:`LowRank`    :math:`\mathcal N(\mu, WW^\top + D)`, rank r         ``AutoLowRankMultivariateNormal``
+:class:`FullRank`   :math:`\mathcal N(\mu, LL^\top)`                     ``AutoMultivariateNormal``
+==================  ===================================================  =================================
 
 All maximise the evidence lower bound
 
@@ -38,12 +38,14 @@ Mean-field also offers lower-variance gradient estimators for
   sign flips, :math:`x\mu_W^\top + ((x\circ s)\Delta W^\top)\circ r`.
 
 References:
-    C. Blundell et al., *Weight Uncertainty in Neural Networks* (ICML 2015);
-    D. P. Kingma, T. Salimans and M. Welling, *Variational Dropout and the Local
-    Reparameterization Trick* (NeurIPS 2015);
-    Y. Wen et al., *Flipout: Efficient Pseudo-Independent Weight Perturbations on
-    Mini-Batches* (ICLR 2018);
-    M. D. Hoffman et al., *Stochastic Variational Inference* (JMLR 2013).
+    * Blundell, Cornebise, Kavukcuoglu & Wierstra (2015). *Weight Uncertainty
+      in Neural Networks*. ICML.
+    * Kingma, Salimans & Welling (2015). *Variational Dropout and the Local
+      Reparameterization Trick*. NeurIPS.
+    * Wen, Vicol, Ba, Tran & Grosse (2018). *Flipout: Efficient
+      Pseudo-Independent Weight Perturbations on Mini-Batches*. ICLR.
+    * Hoffman, Blei, Wang & Paisley (2013). *Stochastic Variational
+      Inference*. JMLR.
 """
 from __future__ import annotations
 
@@ -64,7 +66,8 @@ from torch.distributions import biject_to, transform_to
 from tqdm.auto import tqdm
 
 from .._validation import check_positive_float, check_positive_int
-from ..network import BayesianNetwork
+from .. import likelihoods as _lik
+from ..network import BayesianNetwork, _chain_forward
 from .base import Data, Inference, Posterior, _ema, register_method
 
 __all__ = ["MeanField", "LowRank", "FullRank", "SVIPosterior"]
@@ -75,14 +78,19 @@ _LOG_2PI = math.log(2 * math.pi)
 
 def init_to_network(model: BayesianNetwork):
     """Autoguide ``init_loc_fn``: weight sites start at the network's own
-    initialisation; other latents at their prior median."""
+    initialisation; the likelihood's latents at its ``latent_init()`` (e.g. a
+    small noise scale), others at their prior median."""
     inverse = {site: pname for pname, site in model._site_of.items()}
     named = dict(model.net.named_parameters())
+    lat_init = {model._latent_site_of[k]: v for k, v in model.likelihood.latent_init().items() if k in model._latent_site_of}
 
     def init_fn(site):
         pname = inverse.get(site["name"])
         if pname is not None:
             return named[pname].detach().clone()
+        if site["name"] in lat_init:
+            ref = site["fn"].sample()
+            return torch.as_tensor(lat_init[site["name"]], dtype=ref.dtype, device=ref.device).expand(ref.shape).clone()
         return init_to_median(site)
 
     return init_fn
@@ -183,12 +191,20 @@ class _MeanFieldAdapter:
             module = getattr(module, p) if p in module._modules else module._modules[p]
         return module, leaf
 
+    #: while training, a :class:`_FlatMeanField` whose two flat vectors stand in for the guide's
+    #: per-site parameters (``None`` otherwise)
+    flat: Optional["_FlatMeanField"] = None
+
     def loc_scale(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.flat is not None:
+            return self.flat.loc_scale()
         locs = [_constrained(pl, leaf).reshape(-1) for pl, ps, leaf in self.loc_modules]
         scales = [_constrained(ps, leaf).reshape(-1) for pl, ps, leaf in self.loc_modules]
         return torch.cat(locs), torch.cat(scales)
 
     def site_loc_scale(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.flat is not None:
+            return self.flat.site_loc_scale(self._index[name])
         pl, ps, leaf = self.loc_modules[self._index[name]]
         return _constrained(pl, leaf), _constrained(ps, leaf)
 
@@ -197,6 +213,78 @@ class _MeanFieldAdapter:
         z = loc + scale * torch.randn((P,) + loc.shape, dtype=loc.dtype, device=loc.device) if sample else None
         entropy = scale.log().sum() + 0.5 * loc.numel() * (1 + _LOG_2PI)
         return z, entropy, loc, scale.pow(2)
+
+
+class _FlatMeanField:
+    r"""The parameters of an ``AutoNormal`` guide as two flat leaf vectors, for training.
+
+    ``AutoNormal`` keeps one location and one unconstrained scale tensor per site,
+    :math:`q(z_i) = \mathcal N(\mu_i, \mathrm{softplus}(\rho_i)^2)`. Training on those
+    makes every step cost a few small ops *per site* (gather, transform, Adam update).
+    This class concatenates them once into :math:`\mu\in\mathbb R^D` and
+    :math:`\rho\in\mathbb R^D` (in the :class:`_Layout` order), so sampling, the closed-form
+    KL terms and Adam are a handful of ops on two vectors. :meth:`write_back` copies the
+    trained values into the guide's own parameters, which stay the source of truth
+    (``posterior.guide``, ``save``/``load``, :class:`pyro.infer.Predictive`).
+
+    Built by :meth:`build`, which returns ``None`` for a guide it does not recognise (a
+    location constraint other than ``real``, or sites with different scale constraints);
+    the per-site path is then used.
+    """
+
+    def __init__(self, adapter: "_MeanFieldAdapter", loc_params, scale_params, scale_transform):
+        self.adapter = adapter
+        self.loc_params, self.scale_params = loc_params, scale_params
+        self.scale_transform = scale_transform
+        self.shapes = [p.shape for p in loc_params]
+        self.offsets = []
+        off = 0
+        for p in loc_params:
+            self.offsets.append((off, p.numel()))
+            off += p.numel()
+        with torch.no_grad():
+            self.loc = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in loc_params]))
+            self.raw_scale = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in scale_params]))
+
+    @classmethod
+    def build(cls, adapter: "_MeanFieldAdapter") -> Optional["_FlatMeanField"]:
+        locs, scales, constraint = [], [], None
+        for pl, ps, leaf in adapter.loc_modules:
+            cl = pl.__dict__.get("_pyro_params", {}).get(leaf, (dist.constraints.real,))[0]
+            cs = ps.__dict__.get("_pyro_params", {}).get(leaf, (None,))[0]
+            lp = pl._parameters.get(leaf + "_unconstrained", pl._parameters.get(leaf))
+            sp = ps._parameters.get(leaf + "_unconstrained")
+            if lp is None or sp is None or cs is None or cl is not dist.constraints.real:
+                return None
+            if constraint is None:
+                constraint = cs
+            elif cs is not constraint and (type(cs) is not type(constraint) or repr(cs) != repr(constraint)):
+                return None
+            if lp.shape != sp.shape or lp.dtype != sp.dtype or lp.device != sp.device:
+                return None
+            locs.append(lp)
+            scales.append(sp)
+        if not locs:
+            return None
+        return cls(adapter, locs, scales, transform_to(constraint))
+
+    def parameters(self) -> List[nn.Parameter]:
+        return [self.loc, self.raw_scale]
+
+    def loc_scale(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.loc, self.scale_transform(self.raw_scale)
+
+    def site_loc_scale(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        o, n = self.offsets[i]
+        shape = self.shapes[i]
+        return self.loc[o : o + n].view(shape), self.scale_transform(self.raw_scale[o : o + n]).view(shape)
+
+    def write_back(self) -> None:
+        """Copy the flat vectors into the guide's per-site parameters."""
+        with torch.no_grad():
+            for (o, n), shape, lp, sp in zip(self.offsets, self.shapes, self.loc_params, self.scale_params):
+                lp.copy_(self.loc[o : o + n].view(shape))
+                sp.copy_(self.raw_scale[o : o + n].view(shape))
 
 
 class _MVNAdapter:
@@ -272,6 +360,22 @@ class SVIPosterior(Posterior):
     Attributes:
         guide: the fitted Pyro autoguide (usable with :class:`pyro.infer.Predictive`).
         fit_info: ``losses`` (the negative ELBO estimate of every step, a tensor), ``seconds``, ``num_steps``.
+
+    Example:
+        Returned by :class:`MeanField`, :class:`LowRank` and :class:`FullRank`;
+        the guide is Pyro's and works with :class:`pyro.infer.Predictive`:
+
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
+        >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> posterior = inference.MeanField(num_steps=20, progress=False).fit(model, x, y)
+        >>> posterior.fit_info["losses"].shape
+        torch.Size([20])
+        >>> samples = pyro.infer.Predictive(posterior.model, guide=posterior.guide, num_samples=10)(x)
+        >>> samples["obs"].shape
+        torch.Size([10, 20])
     """
 
     method = "svi"
@@ -418,21 +522,28 @@ class _SVI(Inference):
         params, lats = model.split_values(values)
         forwards = self._forwards(model, post)
         skip = {pname for m in forwards for pname, _ in _module_param_names(model, m)} if forwards else ()
+        chain = None if forwards or x.dim() != 2 else model._chain()
+        if chain is not None:  # a plain Linear chain: run it directly (same ops as model.apply)
+            out = _chain_forward(chain, {k: v[0] for k, v in params.items()} if P == 1 else params, x, 0 if P == 1 else P)
+        else:
+            out = None
         with _patched(forwards):
-            if P == 1:
+            if out is not None:
+                pass
+            elif P == 1:
                 out = model.apply({k: v[0] for k, v in params.items() if k not in skip}, x)
             else:
                 if forwards:
                     raise ValueError("estimator='local'/'flipout' draws per-example noise already; use num_particles=1")
                 out = model.apply(params, x)
-        ll = model.likelihood.log_prob(out, y, lats).sum(-1) * (num_data / x.shape[0])
+        ll = _loglik_sum(model.likelihood, out, y, lats) * (num_data / x.shape[0])
         ll = ll.expand(P) if ll.dim() == 0 else ll.reshape(P)
-        sites = model.latent_sites()
+        priors = _unvalidated_priors(model)
         lp_other = logdet
         for name, v in values.items():
             if self.kl == "analytic" and name in layout.gauss_sites:
                 continue
-            lp_other = lp_other + sites[name].prior.log_prob(v).reshape(P)
+            lp_other = lp_other + priors[name].log_prob(v).reshape(P)
         cross = 0.0
         if self.kl == "analytic" and layout.n_gauss and self.prior_scale == "empirical-bayes":
             m, v = layout.gather(mean), layout.gather(var)
@@ -493,37 +604,53 @@ class _SVI(Inference):
             target_info={"shape": list(y0.shape[1:]), "dtype": "long" if not y0.is_floating_point() else "float"},
         )
         self._check_estimator(model, post)
-        params = list(guide.parameters()) + [p for n, p in model.net.named_parameters() if n in set(model._det_names)]
+        det = [p for n, p in model.net.named_parameters() if n in set(model._det_names)]
+        flat = _FlatMeanField.build(post._adapter) if isinstance(post._adapter, _MeanFieldAdapter) else None
+        params = (flat.parameters() if flat is not None else list(guide.parameters())) + det
         opt = _adam(params, self.lr)
+        group = opt.param_groups[0]
         num_steps = self.num_steps if self.epochs is None else self.epochs * data.steps_per_epoch(self.batch_size)
+        # exponential decay lr_t = lr * gamma^t, gamma = lr_decay^(1/num_steps), set directly on the
+        # param group (what ExponentialLR does, without its per-step bookkeeping)
         gamma = self.lr_decay ** (1.0 / max(num_steps, 1))
-        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma) if self.lr_decay != 1.0 else None
-        losses = torch.empty(num_steps, device=data.device)
+        # KL warm-up ends by half the run at the latest, so the last half always optimises the true ELBO
+        warmup = min(self.kl_warmup, num_steps // 2)
+        losses: List[torch.Tensor] = []
         model.net.train()
         t0 = time.perf_counter()
         bar = tqdm(range(num_steps), desc=self.name, disable=not self.progress, leave=False)
         running = None
-        for step in bar:
-            xb, yb = (x0, y0) if step == 0 else next(batches)
-            ll, lp, ent = self.elbo_terms(post, xb, yb, data.num_data)
-            beta = min(1.0, (step + 1) / self.kl_warmup) if self.kl_warmup else 1.0
-            loss = -(ll + beta * (lp + ent))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            losses[step] = loss.detach()
-            if step % 50 == 0 or step == num_steps - 1:
-                val = float(losses[step])
-                if not math.isfinite(val):
-                    raise FloatingPointError(
-                        f"the ELBO became {val} at step {step}; lower lr (now {self.lr}) or init_scale, "
-                        "or standardise x and y"
-                    )
-                running = _ema(running, val, 0.5)
-                bar.set_postfix(elbo=f"{-running:.4g}")
-        post.fit_info = {"losses": losses.cpu(), "seconds": time.perf_counter() - t0, "num_steps": num_steps}
+        post._adapter.flat = flat
+        try:
+            for step in bar:
+                xb, yb = (x0, y0) if step == 0 else next(batches)
+                ll, lp, ent = self.elbo_terms(post, xb, yb, data.num_data)
+                if warmup and step + 1 < warmup:
+                    loss = -(ll + ((step + 1) / warmup) * (lp + ent))
+                else:
+                    loss = -(ll + lp + ent)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if gamma != 1.0:
+                    group["lr"] = self.lr * gamma ** (step + 1)
+                loss = loss.detach()
+                losses.append(loss)
+                if step % 50 == 0 or step == num_steps - 1:  # the only host syncs: every 50 steps
+                    val = float(loss)
+                    if not math.isfinite(val):
+                        raise FloatingPointError(
+                            f"the ELBO became {val} at step {step}; lower lr (now {self.lr}) or init_scale, "
+                            "or standardise x and y"
+                        )
+                    running = _ema(running, val, 0.5)
+                    bar.set_postfix(elbo=f"{-running:.4g}")
+        finally:
+            post._adapter.flat = None
+            if flat is not None:
+                flat.write_back()
+        losses_t = torch.stack(losses).cpu() if losses else torch.empty(0)
+        post.fit_info = {"losses": losses_t, "seconds": time.perf_counter() - t0, "num_steps": num_steps}
         self._finalize_prior(post)
         post._fitted = True
         model.net.eval()
@@ -531,6 +658,59 @@ class _SVI(Inference):
 
     def _check_estimator(self, model, post):
         pass
+
+
+def _loglik_sum(likelihood, out: torch.Tensor, y: torch.Tensor, lats: Dict[str, torch.Tensor]) -> torch.Tensor:
+    r""":math:`\sum_n \log p(y_n\mid f_\theta(x_n), \eta)` per leading batch element of ``out``
+    (shape ``out.shape[:-2]``), i.e. ``likelihood.log_prob(out, y, lats).sum(-1)``.
+
+    For :class:`~pyrobdl.likelihoods.Gaussian` (exactly that class) it is evaluated directly,
+
+    .. math:: -\frac{1}{2\sigma^2}\sum_{n,d}(y_{nd}-\mu_{nd})^2 - M\log\sigma - \frac M2\log 2\pi,
+
+    with :math:`M` the number of scored values per batch element, without building a
+    ``Normal`` distribution and validating its arguments every step; every other likelihood
+    goes through its own ``log_prob`` (with argument validation off: the network outputs and
+    targets were validated once in :meth:`~pyrobdl.BayesianNetwork.check_data`)."""
+    if type(likelihood) is _lik.Gaussian:
+        loc = likelihood._squeeze(out)
+        nb = out.dim() - 2  # leading batch dims (particles)
+        if likelihood.learned:
+            sigma = lats["sigma"] if "sigma" in lats else lats["log_sigma"].exp()
+        else:
+            sigma = torch.tensor(likelihood.scale, dtype=loc.dtype, device=loc.device)
+        # sigma has shape batch (or ()); scale the squared error after summing over the data
+        sq = (y - loc).pow(2).reshape(loc.shape[:nb] + (-1,)).sum(-1)
+        M = loc[(0,) * nb].numel() if nb else loc.numel()
+        return -0.5 * sq / (sigma * sigma) - M * sigma.log() - 0.5 * M * _LOG_2PI
+    with pyro.validation_enabled(False):
+        return likelihood.log_prob(out, y, lats).sum(-1)
+
+
+def _unvalidated(d: torch.distributions.Distribution) -> torch.distributions.Distribution:
+    """A shallow copy of ``d`` (and of its base distribution) that skips argument/support
+    validation in ``log_prob`` (the values scored come from bijections onto the support)."""
+    import copy
+
+    d = copy.copy(d)
+    d._validate_args = False
+    base = getattr(d, "base_dist", None)
+    if isinstance(base, torch.distributions.Distribution):
+        d.base_dist = _unvalidated(base)
+    return d
+
+
+def _unvalidated_priors(model: BayesianNetwork) -> Dict[str, torch.distributions.Distribution]:
+    """site -> prior, unvalidated (cached on the model next to its per-device prior cache)."""
+    cache = model.__dict__.setdefault("_svi_prior_cache", {})
+    # valid while the model's own prior cache is the same dict (a device/dtype move or a
+    # prior change replaces it) and the network is where the cached priors are
+    pc = model._prior_cache
+    if cache.get("pc") is not pc or cache.get("n") != len(pc):
+        sites = model.latent_sites()
+        cache.clear()
+        cache.update(pc=model._prior_cache, n=len(model._prior_cache), priors={n: _unvalidated(s.prior) for n, s in sites.items()})
+    return cache["priors"]
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -570,7 +750,8 @@ class MeanField(_SVI):
         kl: ``"analytic"`` (closed-form Gaussian cross-entropy and entropy)
             or ``"mc"``.
         kl_warmup: steps over which the prior/entropy term is annealed in
-            from 0 to 1 (0 = off).
+            from 0 to 1 (0 = off); at most half of the steps, so the second
+            half of the run always maximises the true ELBO.
         prior_scale: ``"fixed"`` (the model's prior) or ``"empirical-bayes"``:
             one prior variance per weight tensor (Gaussian priors) is fitted
             jointly by maximising the ELBO, in closed form
@@ -660,8 +841,22 @@ class LowRank(_SVI):
         rank: :math:`r` (default :math:`\lceil\sqrt D\rceil`).
         **kwargs: as :class:`MeanField` (without ``estimator``).
 
-    Reference: Rezende & Mohamed / Ong, Nott & Smith, *Gaussian variational
-    approximation with a factor covariance structure* (2018).
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
+        >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> posterior = inference.LowRank(rank=2, num_steps=20, progress=False).fit(model, x, y)
+        >>> posterior.guide.rank
+        2
+        >>> posterior.predict(x, num_samples=20).mean.shape
+        torch.Size([20])
+
+    References:
+        Ong, Nott & Smith (2018). *Gaussian Variational Approximation with a
+        Factor Covariance Structure*. Journal of Computational and Graphical
+        Statistics 27(3).
     """
 
     name = "low-rank"
@@ -691,6 +886,26 @@ class FullRank(_SVI):
     (:math:`O(D^2)` parameters).
 
     .. math:: q(z) = \mathcal N(z;\ \mu,\ LL^\top)
+
+    with :math:`L` lower-triangular, :math:`D(D+3)/2` variational parameters
+    for :math:`D` latents.
+
+    Args:
+        **kwargs: as :class:`MeanField` (without ``estimator``).
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
+        >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        >>> posterior = inference.FullRank(num_steps=20, progress=False).fit(model, x, y)
+        >>> posterior.guide.get_posterior().covariance_matrix.shape   # D = 25 weights
+        torch.Size([25, 25])
+
+    References:
+        Kucukelbir, Tran, Ranganath, Gelman & Blei (2017). *Automatic
+        Differentiation Variational Inference*. JMLR 18.
     """
 
     name = "full-rank"
