@@ -159,14 +159,19 @@ def _sigmoid_(h):
 _INPLACE = {nn.Tanh: _tanh_, nn.ReLU: _relu_, nn.Sigmoid: _sigmoid_}
 
 
+#: dropout modules, which a chain may skip when the caller guarantees eval mode (see :func:`_chain_plan`)
+_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
 class _Chain:
     """A network recognised as a plain chain (see :func:`_chain_plan`).
 
     Attributes:
         steps: ``("linear", module, weight_name, bias_name)`` or
             ``("act", module, forward, inplace_fn)`` in order (``forward`` is the class's
-            function, called as ``forward(module, h)``).
-        modules: every module involved (containers included), for the per-call hook check.
+            function, called as ``forward(module, h)``; run them with :func:`_chain_run`).
+        modules: every module involved (containers, identities and skipped dropouts
+            included), for the per-call hook check.
     """
 
     def __init__(self, steps, modules):
@@ -174,25 +179,42 @@ class _Chain:
         self.n_linear = sum(1 for s in steps if s[0] == "linear")
 
     def still_plain(self) -> bool:
-        """No forward hooks or monkeypatched ``forward`` (e.g. pyrobdl's local
-        reparameterisation) on any module of the chain, and no global module hooks."""
+        """No forward or backward hooks and no monkeypatched ``forward`` (e.g. pyrobdl's
+        local reparameterisation) on any module of the chain, and no global module hooks."""
         from torch.nn.modules import module as _mod
 
-        if _mod._global_forward_hooks or _mod._global_forward_pre_hooks:
+        if (
+            _mod._global_forward_hooks or _mod._global_forward_pre_hooks
+            or _mod._global_backward_hooks or _mod._global_backward_pre_hooks
+        ):
             return False
         for m in self.modules:
-            if m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
+            if (
+                m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or "forward" in m.__dict__
+            ):
                 return False
         return True
 
 
-def _chain_plan(net: nn.Module) -> Optional[_Chain]:
-    """``net`` as a :class:`_Chain` when it is an :class:`~torch.nn.Sequential` (nested ones
-    flattened) of exact :class:`~torch.nn.Linear` layers and parameter-free elementwise
-    activations; else ``None``. Subclasses (which may override ``forward``), parametrised
-    layers, dropout, normalisation and everything else keep the general
-    ``functional_call``/``vmap`` path."""
+def _chain_plan(net: nn.Module, *, dropout_is_identity: bool = False) -> Optional[_Chain]:
+    r"""``net`` as a :class:`_Chain` when it is a plain chain
+    :math:`f = a_L\circ\ell_L\circ\dots\circ a_1\circ\ell_1` of :class:`~torch.nn.Linear`
+    layers :math:`\ell` and elementwise activations :math:`a`; else ``None``.
+
+    Accepted: an :class:`~torch.nn.Sequential` (nested ones flattened) whose leaves are exact
+    :class:`~torch.nn.Linear` layers or activations of ``_ELEMENTWISE`` (exact types: a
+    subclass may override ``forward``), with no buffers, no parametrizations or other
+    submodules of a leaf, at least one Linear, and no in-place activation before the first
+    Linear (it would write into the caller's input); :class:`~torch.nn.Identity` leaves are
+    skipped. With ``dropout_is_identity`` dropout modules are skipped too (the caller
+    guarantees eval mode, e.g. dropout posteriors whose masks act on the weights). Everything
+    else -- normalisation, convolutions, custom modules -- keeps the general
+    ``functional_call``/``vmap`` path. Hooks and patched forwards are checked per call, by
+    :meth:`_Chain.still_plain`."""
     if type(net) is not nn.Sequential:
+        return None
+    if next(net.buffers(), None) is not None:
         return None
     names = {id(m): n for n, m in net.named_modules()}
     steps: List[Tuple] = []
@@ -202,19 +224,43 @@ def _chain_plan(net: nn.Module) -> Optional[_Chain]:
         modules.append(m)
         if type(m) is nn.Sequential:
             return all(walk(c) for c in m)
+        if m._modules:  # e.g. parametrizations
+            return False
         if type(m) is nn.Linear:
             pre = names[id(m)] + "." if names[id(m)] else ""
             steps.append(("linear", m, pre + "weight", pre + "bias" if m.bias is not None else None))
             return True
         if type(m) in _ELEMENTWISE:
-            fwd = _FastTanh.forward if type(m) is nn.Tanh else type(m).forward
-            steps.append(("act", m, fwd, _INPLACE.get(type(m))))
+            if getattr(m, "inplace", False) and not any(s[0] == "linear" for s in steps):
+                return False  # would write into the caller's input
+            if type(m) is not nn.Identity:
+                fwd = _FastTanh.forward if type(m) is nn.Tanh else type(m).forward
+                steps.append(("act", m, fwd, _INPLACE.get(type(m))))
             return True
-        return False
+        return dropout_is_identity and type(m) in _DROPOUT_TYPES
 
     if not walk(net) or not any(s[0] == "linear" for s in steps):
         return None
     return _Chain(steps, modules)
+
+
+def _chain_run(plan: _Chain, x: torch.Tensor, linear: Callable[[Tuple, torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+    """``x`` through the steps of ``plan``: ``linear(step, h, l)`` computes the ``l``-th
+    (1-based) Linear layer, activations are applied here, in place when their input is a
+    linear layer's own output and the activation has an in-place form (never on ``x``)."""
+    h = x
+    fresh = False  # h is a linear layer's own output (safe to overwrite in place)
+    li = 0
+    for step in plan.steps:
+        if step[0] == "act":
+            _, m, fn, inplace = step
+            h = inplace(h) if (fresh and inplace is not None) else fn(m, h)
+            fresh = False
+        else:
+            li += 1
+            h = linear(step, h, li)
+            fresh = True
+    return h
 
 
 def _chain_forward(
@@ -226,33 +272,29 @@ def _chain_forward(
     out: Optional[torch.Tensor] = None,
     buffers: Optional[List[torch.Tensor]] = None,
 ) -> torch.Tensor:
-    r"""Run a plain Linear/activation chain on inputs ``x`` of shape ``(N, d_in)``.
+    r"""Run a plain Linear/activation chain (see :func:`_chain_plan`) on inputs ``x`` of shape
+    ``(N, d_in)``, shared by the batch, or ``(B, N, d_in)``, one input per batch element.
 
     ``params`` maps parameter names to values; a value has a leading batch dimension of size
-    ``B`` (``B = 0``: no batch dimension) or, for a parameter that is not given or not batched,
-    the module's own tensor is used. Layer :math:`l` computes
+    ``B`` (``B = 0``: no batch dimension) or none (a weight ``(out, in)`` or bias ``(out,)``
+    shared by the batch); for a parameter that is not given the module's own tensor is used.
+    A shared input stays shared (one 2-D product) until the first batched parameter, so the
+    result is ``(N, k)`` when nothing is batched and ``(B, N, k)`` otherwise. Layer :math:`l` computes
     :math:`h_{l} = h_{l-1}W_l^\top + b_l` for every batch element at once (``baddbmm``,
     one GEMM per batch element inside one kernel), so the result equals
     ``vmap(functional_call)`` up to floating-point reassociation (and :class:`~torch.nn.Tanh`
     is evaluated as :math:`2\sigma(2x)-1`, see :func:`_tanh`: within ~2e-7 absolute in float32).
 
-    With ``out`` (shape ``(B, N, k)``) the last layer writes into it, and with ``buffers``
+    With ``out`` (shape ``(B, N, k)``) the result is written into it (by the last layer, and
+    by any activation after it), and with ``buffers``
     (flat scratch tensors, one per hidden layer, each with room for ``B*N*width``) the
     hidden activations are written into them in place: no allocation per pass (used by
     prediction under ``inference_mode``; not differentiable).
     """
-    h = x
-    fresh = False  # h is a linear layer's own output (safe to overwrite in place)
     nlin = plan.n_linear
-    li = 0
-    for step in plan.steps:
-        if step[0] == "act":
-            _, m, fn, inplace = step
-            h = inplace(h) if (fresh and inplace is not None) else fn(m, h)
-            fresh = False
-            continue
+
+    def layer(step: Tuple, h: torch.Tensor, li: int) -> torch.Tensor:
         _, m, wname, bname = step
-        li += 1
         w = params.get(wname)
         if w is None:
             w = m.weight
@@ -273,19 +315,22 @@ def _chain_forward(
                 h = h.expand((B,) + h.shape)
             wt = w.transpose(1, 2)
             if b is None:
-                h = torch.bmm(h, wt, out=target) if target is not None else torch.bmm(h, wt)
-            else:
-                bb = b.unsqueeze(1) if b.dim() == 2 else b.expand(B, 1, b.shape[-1])
-                h = torch.baddbmm(bb, h, wt, out=target) if target is not None else torch.baddbmm(bb, h, wt)
-        else:
-            bias_batched = b is not None and b.dim() == 2 and B
-            h = F.linear(h, w, None if bias_batched else b)
-            if bias_batched:
-                h = h + b.unsqueeze(1)
-            if target is not None:
-                target.copy_(h)
-                h = target
-        fresh = True
+                return torch.bmm(h, wt, out=target) if target is not None else torch.bmm(h, wt)
+            bb = b.unsqueeze(1) if b.dim() == 2 else b.expand(B, 1, b.shape[-1])
+            return torch.baddbmm(bb, h, wt, out=target) if target is not None else torch.baddbmm(bb, h, wt)
+        bias_batched = b is not None and b.dim() == 2 and B
+        h = F.linear(h, w, None if bias_batched else b)
+        if bias_batched:
+            h = h + b.unsqueeze(1)
+        if target is not None:
+            target.copy_(h)
+            h = target
+        return h
+
+    h = _chain_run(plan, x, layer)
+    if out is not None and h is not out:  # activations after the last layer that made a new tensor
+        out.copy_(h)
+        h = out
     return h
 
 

@@ -197,6 +197,9 @@ def _reference_apply(net, params, x, S=None):
         (lambda: nn.Sequential(nn.Linear(3, 9), nn.ReLU(), nn.Sequential(nn.Linear(9, 7, bias=False), nn.GELU()), nn.Linear(7, 2)), None),
         (lambda: nn.Sequential(nn.Linear(3, 9), nn.Sigmoid(), nn.Tanh(), nn.Linear(9, 2)), "last"),  # two activations in a row
         (lambda: nn.Sequential(nn.Linear(3, 9), nn.SiLU(), nn.Linear(9, 2)), "0.weight"),  # deterministic bias and later layer
+        # activations after the last layer (written into prediction's preallocated output), identities
+        (lambda: nn.Sequential(nn.Linear(3, 9), nn.Identity(), nn.Tanh(), nn.Linear(9, 2), nn.Softplus()), None),
+        (lambda: nn.Sequential(nn.Linear(3, 9), nn.ELU(), nn.Linear(9, 2), nn.ReLU(inplace=True), nn.Identity()), None),
     ],
 )
 def test_chain_fast_path_equals_general_path(make_net, bayesian):
@@ -243,6 +246,13 @@ def test_chain_path_only_for_plain_chains():
     assert BayesianNetwork(nn.Sequential(nn.Linear(1, 4), nn.LayerNorm(4), nn.Linear(4, 1)))._chain() is None
     assert BayesianNetwork(nn.Sequential(MyLinear(1, 4), nn.Tanh(), nn.Linear(4, 1)))._chain() is None
     assert BayesianNetwork(nn.Linear(2, 1))._chain() is None  # not a Sequential: general path
+    assert BayesianNetwork(nn.Sequential(nn.ReLU(inplace=True), nn.Linear(1, 1)))._chain() is None  # would modify x
+    with_buffer = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1))
+    with_buffer[0].register_buffer("scale", torch.ones(1))
+    assert BayesianNetwork(with_buffer)._chain() is None
+    backward_hooked = mlp(h=4)
+    backward_hooked[0].register_full_backward_hook(lambda m, gi, go: None)
+    assert BayesianNetwork(backward_hooked)._chain() is None
     net = mlp(h=4)
     model = BayesianNetwork(net)
     assert model._chain() is not None

@@ -98,7 +98,9 @@ from tqdm.auto import tqdm
 
 from .. import likelihoods as _likelihoods
 from .._validation import check_inputs, check_positive_float, check_positive_int
-from ..network import DEFAULT_MAX_MEMORY, BayesianNetwork
+from ..network import (
+    _DROPOUT_TYPES, DEFAULT_MAX_MEMORY, BayesianNetwork, _Chain, _chain_forward, _chain_plan, _chain_run,
+)
 from ..prediction import Prediction
 from .base import Data, Inference, Posterior, register_method, warn_user
 
@@ -113,8 +115,8 @@ __all__ = [
 
 #: layers that dropout precedes and DropConnect masks
 _WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
-#: dropout modules found in a user's network (replaced by a shared-mask version)
-_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+#: dropout modules found in a user's network (``_DROPOUT_TYPES``, from network.py) are replaced
+#: by a shared-mask version; these are the channel-wise ones
 _CHANNEL_DROPOUT = (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 _KNOWN_LIKELIHOODS = "Gaussian, HeteroscedasticGaussian, Categorical, Bernoulli or CategoricalLogitNoise"
 
@@ -477,147 +479,60 @@ def _run_chunked(
 
 
 # ============================================================================ hand-batched chains
-#: activation modules that act elementwise and identically in train and eval
-#: mode: the hand-batched path applies them to ``(S, N, features)`` as they are
-_ELEMENTWISE = (
-    nn.Identity, nn.Tanh, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU,
-    nn.Mish, nn.Sigmoid, nn.LogSigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Hardtanh,
-    nn.Hardsigmoid, nn.Hardswish,
-)
+# Recognition and the batched forward of plain Linear/activation chains are network.py's
+# (:func:`~pyrobdl.network._chain_plan`, :func:`~pyrobdl.network._chain_forward`); here: the
+# per-call switch, the prediction adapter and the transposed training layout of ensembles.
 
 #: set to False to force the general vmap/functional_call path everywhere
 #: (the hand-batched path is an exact re-implementation, kept switchable for tests)
 _USE_CHAIN_PATH = True
 
-#: one step of a chain: ("linear", weight name, bias name or None) or ("act", module, None)
-ChainStep = Tuple[str, Any, Optional[str]]
 
-
-def _has_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-
-
-def _global_hooks() -> bool:
-    """Whether global module hooks are registered (the chain path would skip them)."""
-    mm = nn.modules.module
-    return bool(
-        mm._global_forward_hooks or mm._global_forward_pre_hooks or mm._global_backward_hooks
-        or mm._global_backward_pre_hooks
-    )
-
-
-def _linear_chain(net: nn.Module, *, dropout_is_identity: bool = False) -> Optional[List[ChainStep]]:
-    r"""The network as a plain chain :math:`f = a_L\circ\ell_L\circ\dots\circ a_1\circ\ell_1`
-    of ``nn.Linear`` layers :math:`\ell` and elementwise activations :math:`a`,
-    or ``None`` when it is anything else.
-
-    Accepted: an ``nn.Sequential`` (nested ``nn.Sequential`` allowed) whose
-    leaves are exactly ``nn.Linear`` or one of the elementwise activations in
-    ``_ELEMENTWISE`` (exact types: a subclass may override ``forward``), with
-    no hooks, no parametrizations and no buffers; with ``dropout_is_identity``
-    also ``nn.Dropout`` modules, skipped (the caller guarantees eval mode).
-    Everything else -- convolutions, normalisation layers, custom modules --
-    takes the general :func:`torch.func.vmap` path."""
-    if type(net) is not nn.Sequential:
+def _usable_chain(plan: Optional[_Chain]) -> Optional[_Chain]:
+    """``plan`` when the hand-batched path may run now: enabled, and no hooks or patched
+    forwards on the chain's modules and no global module hooks (see
+    :meth:`~pyrobdl.network._Chain.still_plain`); else ``None``."""
+    if plan is None or not _USE_CHAIN_PATH or not plan.still_plain():
         return None
-    if next(net.buffers(), None) is not None:
-        return None
-    chain: List[ChainStep] = []
-
-    def walk(seq: nn.Sequential, prefix: str) -> bool:
-        if _has_hooks(seq):
-            return False
-        for name, m in seq._modules.items():
-            if m is None:
-                continue
-            full = f"{prefix}{name}"
-            if _has_hooks(m):
-                return False
-            if type(m) is nn.Sequential:
-                if not walk(m, full + "."):
-                    return False
-            elif type(m) is nn.Linear:
-                if m._modules:  # e.g. parametrizations
-                    return False
-                chain.append(("linear", f"{full}.weight", f"{full}.bias" if m.bias is not None else None))
-            elif type(m) in _ELEMENTWISE:
-                if getattr(m, "inplace", False) and not any(kind == "linear" for kind, _, _ in chain):
-                    return False  # would write into the caller's input
-                if type(m) is not nn.Identity:
-                    chain.append(("act", m, None))
-            elif dropout_is_identity and type(m) in _DROPOUT_TYPES:
-                continue
-            else:
-                return False
-        return True
-
-    if not walk(net, "") or not any(kind == "linear" for kind, _, _ in chain):
-        return None
-    return chain
+    return plan
 
 
-def _chain_layout(chain: List[ChainStep]) -> Dict[str, str]:
-    """The parameter layout :func:`_chain_forward_members` takes (see :class:`_FlatMembers`)."""
-    layout = {}
-    for kind, a, bname in chain:
-        if kind == "linear":
-            layout[a] = "T"
-            if bname is not None:
-                layout[bname] = "B"
-    return layout
-
-
-def _chain_forward_members(chain: List[ChainStep], params: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    r""":func:`_chain_forward` for training: every parameter per member and
-    already in the layout of :func:`_chain_layout` (weights :math:`W^\top`
-    ``(M, in, out)``, biases ``(M, 1, out)``), inputs ``(M, B, in)``; one
-    ``baddbmm`` per layer and no reshaping views in the autograd graph."""
-    h = x
-    for kind, a, bname in chain:
-        if kind == "act":
-            h = a(h)
-        elif bname is None:
-            h = torch.bmm(h, params[a])
-        else:
-            h = torch.baddbmm(params[bname], h, params[a])
-    return h
-
-
-def _chain_forward(chain: List[ChainStep], params: Dict[str, torch.Tensor], x: torch.Tensor, S: int) -> torch.Tensor:
-    r"""``S`` networks of one chain (see :func:`_linear_chain`) in one batched
-    pass: ``(S, N, out)``.
+def _chain_forward_samples(plan: _Chain, params: Dict[str, torch.Tensor], x: torch.Tensor, S: int) -> torch.Tensor:
+    r"""``S`` networks of one chain in one batched pass: ``(S, N, out)``.
 
     Each weight is either shared, ``(out, in)``, or per sample, ``(S, out, in)``
     (likewise biases, ``(out,)`` or ``(S, out)``); ``x`` is ``(N, in)``, shared,
-    or ``(S, N, in)``. A layer computes :math:`h W_s^\top + b_s` with
-    :func:`torch.baddbmm` when its weight is per sample and with one
-    :func:`torch.nn.functional.linear` over all samples' rows when it is shared;
-    a shared input stays shared (computed once) until the first per-sample
-    weight. This is what ``vmap(functional_call(net, ...))`` computes, with a
-    handful of kernels per layer instead of vmap's per-op dispatch.
-    """
-    h = x
-    for kind, a, bname in chain:
-        if kind == "act":
-            h = a(h)
-            continue
-        w = params[a]
-        b = params[bname] if bname is not None else None
-        if w.dim() == 2:
-            if b is None or b.dim() == 1:
-                h = torch.nn.functional.linear(h, w, b)
-            else:  # shared weight, per-sample bias
-                h = torch.nn.functional.linear(h, w) + b.unsqueeze(-2)
-            continue
-        if h.dim() == 2:
-            h = h.expand((w.shape[0],) + h.shape)
-        if b is None:
-            h = torch.bmm(h, w.transpose(1, 2))
-        else:
-            h = torch.baddbmm(b.unsqueeze(1) if b.dim() == 2 else b, h, w.transpose(1, 2))
-    if h.dim() == 2:
-        h = h.expand((S,) + h.shape)
-    return h
+    or ``(S, N, in)``. This is :func:`~pyrobdl.network._chain_forward` (a shared
+    input stays shared until the first per-sample weight, which runs as one
+    :func:`torch.baddbmm`), with an output of shared layers only expanded to
+    ``S`` samples: what ``vmap(functional_call(net, ...))`` computes."""
+    h = _chain_forward(plan, params, x, S)
+    return h if h.dim() == 3 else h.expand((S,) + h.shape)
+
+
+def _chain_layout(plan: _Chain) -> Dict[str, str]:
+    """The parameter layout :func:`_chain_forward_members` takes (see :class:`_FlatMembers`)."""
+    layout = {}
+    for step in plan.steps:
+        if step[0] == "linear":
+            layout[step[2]] = "T"
+            if step[3] is not None:
+                layout[step[3]] = "B"
+    return layout
+
+
+def _chain_forward_members(plan: _Chain, params: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    r"""The chain's forward for ensemble training: every parameter per member and
+    already in the layout of :func:`_chain_layout` (weights :math:`W^\top`
+    ``(M, in, out)``, biases ``(M, 1, out)``), inputs ``(M, B, in)``; one
+    ``baddbmm`` per layer and no reshaping views in the autograd graph.
+    Activations as in :func:`~pyrobdl.network._chain_forward` (:func:`~pyrobdl.network._chain_run`)."""
+
+    def layer(step: Tuple, h: torch.Tensor, li: int) -> torch.Tensor:
+        wname, bname = step[2], step[3]
+        return torch.bmm(h, params[wname]) if bname is None else torch.baddbmm(params[bname], h, params[wname])
+
+    return _chain_run(plan, x, layer)
 
 
 # ============================================================================ layer discovery
@@ -833,7 +748,7 @@ class _MaskedPosterior(Posterior):
         self.settings = dict(settings)
         # predictions mask weights and run ``net`` in eval mode, where its dropout modules are the
         # identity: the plain copy ``model.net`` (same parameters, no inserted hooks) is the chain
-        self._chain = _linear_chain(model.net, dropout_is_identity=True)
+        self._chain = _chain_plan(model.net, dropout_is_identity=True)
 
     @property
     def device(self) -> torch.device:
@@ -880,7 +795,7 @@ class _MaskedPosterior(Posterior):
         """``S`` masked weight sets through the network in batched passes, one
         set per sample chunk shared by its row chunks; sampled weights count
         against ``max_memory``. A plain chain of Linear layers and elementwise
-        activations runs hand-batched (:func:`_chain_forward`: shared layers
+        activations runs hand-batched (:func:`_chain_forward_samples`: shared layers
         once, masked ones as one ``baddbmm``), anything else as ``vmap`` over
         ``functional_call``; both see the same masked weights."""
         named = dict(self.net.named_parameters())
@@ -890,7 +805,7 @@ class _MaskedPosterior(Posterior):
         )
         net = self.net
         cache: Dict[str, Any] = {}
-        chain = self._chain if _USE_CHAIN_PATH and x.dim() == 2 and not _global_hooks() else None
+        chain = _usable_chain(self._chain) if x.dim() == 2 else None
         if chain is not None:
             shared = {k: v.detach() for k, v in named.items()}
 
@@ -898,7 +813,7 @@ class _MaskedPosterior(Posterior):
             if cache.get("s0") != s0:
                 cache["s0"], cache["w"] = s0, self._masked_weights(s1 - s0)
             if chain is not None:
-                return _chain_forward(chain, {**shared, **cache["w"]}, xr, s1 - s0)
+                return _chain_forward_samples(chain, {**shared, **cache["w"]}, xr, s1 - s0)
             return vmap(lambda w: functional_call(net, w, (xr,), strict=False), randomness="different")(cache["w"])
 
         with _EvalMode(net), torch.no_grad():
@@ -1590,7 +1505,7 @@ class EnsemblePosterior(Posterior):
         self.seeds = [int(s) for s in seeds]
         self.settings = dict(settings)
         self._base = copy.deepcopy(model.net).to("meta")
-        self._chain = _linear_chain(model.net)
+        self._chain = _chain_plan(model.net)
 
     @property
     def size(self) -> int:
@@ -1635,8 +1550,9 @@ class EnsemblePosterior(Posterior):
         gradients up to floating-point summation order."""
         params = self.params if params is None else params
         buffers = self.buffers if buffers is None else buffers
-        if self._chain is not None and _USE_CHAIN_PATH and x.dim() == 2 + per_member_inputs and not _global_hooks():
-            return _chain_forward(self._chain, params, x, next(iter(params.values())).shape[0])
+        chain = _usable_chain(self._chain) if x.dim() == 2 + per_member_inputs else None
+        if chain is not None:
+            return _chain_forward_samples(chain, params, x, next(iter(params.values())).shape[0])
         base = self._base
 
         def one(p, b, xi):
@@ -1986,7 +1902,7 @@ class DeepEnsemble(_MLInference):
         # every trained tensor (members' weights and latents) is a view of one (M, P) leaf:
         # one fused Adam kernel and one gradient buffer per step instead of one per tensor;
         # for a Linear chain stored as the hand-batched forward consumes it
-        chain = post._chain if _USE_CHAIN_PATH and x0.dim() == 3 and not _global_hooks() else None
+        chain = _usable_chain(post._chain) if x0.dim() == 3 else None
         flat = _FlatMembers(
             {k: v for k, v in params.items() if v.requires_grad}, raw, M,
             layout=None if chain is None else _chain_layout(chain),

@@ -449,6 +449,7 @@ def test_heteroscedastic_model_learns_input_dependent_noise(method):
 
 # ----------------------------------------------------------------------------- hand-batched chains == general vmap path
 from pyrobdl.inference import baselines as _bl  # noqa: E402
+from pyrobdl.network import _chain_plan  # noqa: E402
 
 
 @pytest.fixture
@@ -487,8 +488,8 @@ class _MyReLU(nn.ReLU):
 
 
 def test_chain_detection_accepts_linear_chains_only():
-    chain = _bl._linear_chain(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Sequential(nn.Linear(4, 4, bias=False), nn.GELU()), nn.Linear(4, 1)))
-    assert [(k, a if k == "linear" else type(a).__name__, b) for k, a, b in chain] == [
+    chain = _chain_plan(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Sequential(nn.Linear(4, 4, bias=False), nn.GELU()), nn.Linear(4, 1)))
+    assert [(s[0], s[2], s[3]) if s[0] == "linear" else (s[0], type(s[1]).__name__, None) for s in chain.steps] == [
         ("linear", "0.weight", "0.bias"), ("act", "Tanh", None), ("linear", "2.0.weight", None),
         ("act", "GELU", None), ("linear", "3.weight", "3.bias"),
     ]
@@ -503,17 +504,17 @@ def test_chain_detection_accepts_linear_chains_only():
         nn.Sequential(nn.ReLU(inplace=True), nn.Linear(2, 1)),  # would modify the caller's input
     ]
     for net in rejected:
-        assert _bl._linear_chain(net) is None, net
+        assert _chain_plan(net) is None, net
     hooked = nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1))
     hooked[2].register_forward_hook(lambda m, a, out: out * 2)
-    assert _bl._linear_chain(hooked) is None
+    assert _bl._usable_chain(_chain_plan(hooked)) is None
     # in eval mode (prediction), dropout modules are the identity
-    assert _bl._linear_chain(rejected[4], dropout_is_identity=True) is not None
+    assert _chain_plan(rejected[4], dropout_is_identity=True) is not None
     # in-place activations after the first layer act on fresh activations, as in the net
     inplace = nn.Sequential(nn.Linear(2, 4), nn.ReLU(inplace=True), nn.Linear(4, 1))
-    chain = _bl._linear_chain(inplace)
+    chain = _chain_plan(inplace)
     x = torch.randn(5, 2)
-    torch.testing.assert_close(_bl._chain_forward(chain, dict(inplace.named_parameters()), x, 3), inplace(x).expand(3, 5, 1))
+    torch.testing.assert_close(_bl._chain_forward_samples(chain, dict(inplace.named_parameters()), x, 3), inplace(x).expand(3, 5, 1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -521,7 +522,7 @@ def test_chain_forward_equals_vmap_functional_call(dtype):
     """Every mix of shared and per-sample weights, shared or per-sample inputs."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 8), nn.ELU(), nn.Sequential(nn.Linear(8, 8, bias=False), nn.Tanh()), nn.Linear(8, 2)).to(dtype)
-    chain = _bl._linear_chain(net)
+    chain = _chain_plan(net)
     named = {k: v.detach() for k, v in net.named_parameters()}
     S, N = 4, 6
     stacked = {k: v + 0.1 * torch.randn((S,) + v.shape, dtype=dtype) for k, v in named.items()}
@@ -532,7 +533,7 @@ def test_chain_forward_equals_vmap_functional_call(dtype):
         params = {k: stacked[k] if k in batched else v for k, v in named.items()}
         per = {k: stacked[k] for k in batched}
         for inp, in_dim in [(x, None), (xs, 0)]:
-            got = _bl._chain_forward(chain, params, inp, S)
+            got = _bl._chain_forward_samples(chain, params, inp, S)
             if per:
                 want = torch.func.vmap(lambda w, xi: torch.func.functional_call(net, w, (xi,), strict=False),
                                        in_dims=(0, in_dim))(per, inp)
