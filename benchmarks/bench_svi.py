@@ -177,16 +177,20 @@ def bench_train(quick):
     y = torch.sin(x[:, 0]) + 0.1 * torch.randn(N)
     steps = 200 if quick else 500
     res = {}
-    net = make_net()
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    def adam_loop(net):
+        """``steps`` full-batch Adam steps of a deterministic MLP (the floor)."""
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
 
-    def det():
-        for _ in range(steps):
-            loss = (net(x).squeeze(-1) - y).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        def run():
+            for _ in range(steps):
+                loss = (net(x).squeeze(-1) - y).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
 
+        return run
+
+    det = adam_loop(make_net())
     res["floor_det_mlp_steps_s"] = steps / timeit(det, repeat=3)
 
     # The same floor with tanh computed as 2*sigmoid(2x) - 1, as pyrobdl's plain-chain path does on
@@ -196,16 +200,7 @@ def bench_train(quick):
         def forward(self, h):
             return torch.sigmoid(h * 2.0).mul(2.0).sub(1.0)
 
-    net_st = nn.Sequential(nn.Linear(1, H), SigmoidTanh(), nn.Linear(H, H), SigmoidTanh(), nn.Linear(H, 1))
-    opt_st = torch.optim.Adam(net_st.parameters(), 1e-3)
-
-    def det_st():
-        for _ in range(steps):
-            loss = (net_st(x).squeeze(-1) - y).pow(2).mean()
-            opt_st.zero_grad()
-            loss.backward()
-            opt_st.step()
-
+    det_st = adam_loop(nn.Sequential(nn.Linear(1, H), SigmoidTanh(), nn.Linear(H, H), SigmoidTanh(), nn.Linear(H, 1)))
     res["floor_det_mlp_sigmoid_tanh_steps_s"] = steps / timeit(det_st, repeat=3)
     model = BayesianNetwork(make_net(), likelihood=likelihoods.Gaussian())
     for P in (1, 8):

@@ -162,6 +162,21 @@ def _expand_latent(v: torch.Tensor, event_dims: int) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (1 + event_dims))
 
 
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def _normal_log_prob(y: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, event_dims: int) -> torch.Tensor:
+    r""":math:`\log\mathcal N(y\mid\mu,\sigma^2) = -\frac{(y-\mu)^2}{2\sigma^2} - \log\sigma - \tfrac12\log 2\pi`,
+    summed over the last ``event_dims`` dimensions.
+
+    The same operations, in the same order, as :meth:`torch.distributions.Normal.log_prob`
+    (so the same values), without building a distribution and validating its arguments: the
+    training loops call this every step, on targets checked once by ``check_target`` and
+    scales that are positive by construction."""
+    lp = -((y - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_2PI
+    return lp.sum(tuple(range(-event_dims, 0))) if event_dims else lp
+
+
 class _GaussianBase(Likelihood):
     task = "regression"
 
@@ -239,6 +254,11 @@ class Gaussian(_GaussianBase):
         sigma = self._sigma(latents, loc, ev)
         return dist.Normal(loc, sigma).to_event(ev)
 
+    def log_prob(self, out, y, latents):
+        loc = self._squeeze(out)
+        ev = loc.dim() - out.dim() + 1
+        return _normal_log_prob(y, loc, self._sigma(latents, loc, ev), ev)
+
     def prediction(self, out, latents):
         loc = self._squeeze(out)
         ev = loc.dim() - out.dim() + 1
@@ -304,6 +324,11 @@ class HeteroscedasticGaussian(_GaussianBase):
         self.check_output(out)
         loc, scale = self.split(out)
         return dist.Normal(loc, scale).to_event(loc.dim() - out.dim() + 1)
+
+    def log_prob(self, out, y, latents):
+        self.check_output(out)
+        loc, scale = self.split(out)
+        return _normal_log_prob(y, loc, scale, loc.dim() - out.dim() + 1)
 
     def prediction(self, out, latents):
         loc, scale = self.split(out)

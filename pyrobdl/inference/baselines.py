@@ -96,7 +96,6 @@ from torch.distributions import biject_to
 from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
-from .. import likelihoods as _likelihoods
 from .._validation import check_inputs, check_positive_float, check_positive_int
 from ..network import (
     _DROPOUT_TYPES, DEFAULT_MAX_MEMORY, BayesianNetwork, _Chain, _chain_forward, _chain_plan, _chain_run,
@@ -247,37 +246,6 @@ def _constrainer(model: BayesianNetwork) -> Callable[[Dict[str, torch.Tensor]], 
     sites = model.latent_sites()
     transforms = {short: biject_to(sites[site].support) for short, site in model._latent_site_of.items()}
     return lambda raw: {k: transforms[k](u) for k, u in raw.items()}
-
-
-_HALF_LOG_2PI = math.log(math.sqrt(2 * math.pi))
-
-
-def _fast_log_prob(lik) -> Callable[[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]], torch.Tensor]:
-    r"""``lik.log_prob`` for the training loops. For the built-in Gaussian
-    likelihoods (exact types) the closed form
-    :math:`\log\mathcal N(y\mid\mu,\sigma^2) = -\frac{(y-\mu)^2}{2\sigma^2} - \log\sigma - \log\sqrt{2\pi}`,
-    in the operation order of :meth:`torch.distributions.Normal.log_prob`
-    (so the values are the same), without building distribution objects each
-    step; anything else is ``lik.log_prob`` itself."""
-    L = _likelihoods
-    if type(lik) is L.Gaussian:
-        def log_prob(out, y, lats):
-            loc = lik._squeeze(out)
-            ev = loc.dim() - out.dim() + 1
-            scale = lik._sigma(lats, loc, ev)
-            lp = -((y - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_2PI
-            return lp.sum(-1) if ev else lp
-
-        return log_prob
-    if type(lik) is L.HeteroscedasticGaussian:
-        def log_prob(out, y, lats):
-            loc, scale = lik.split(out)
-            ev = loc.dim() - out.dim() + 1
-            lp = -((y - loc) ** 2) / (2 * scale**2) - scale.log() - _HALF_LOG_2PI
-            return lp.sum(-1) if ev else lp
-
-        return log_prob
-    return lik.log_prob
 
 
 # ============================================================================ weight penalty
@@ -1038,7 +1006,7 @@ class _DropoutInference(_MLInference):
         penalty = _penalty(model, self.weight_decay, data.num_data, keep_fn(info))
         named = dict(net.named_parameters())
         constrain = _constrainer(model)
-        log_prob = _fast_log_prob(lik)
+        log_prob = lik.log_prob
 
         def loss_fn(xb, yb):
             loss = -log_prob(forward_fn(net, named, xb, info), yb, constrain(raw)).mean()
@@ -1844,7 +1812,7 @@ class DeepEnsemble(_MLInference):
         ``forward(x)``, when given, computes the members' outputs instead of
         ``posterior.forward(x, params, per_member_inputs=True)``, and then
         ``params`` is only needed by the penalty."""
-        log_prob = _fast_log_prob(posterior.model.likelihood)
+        log_prob = posterior.model.likelihood.log_prob
         if forward is None:
             def forward(xi):
                 return posterior.forward(xi, params, per_member_inputs=True)

@@ -66,7 +66,6 @@ from torch.distributions import biject_to, transform_to
 from tqdm.auto import tqdm
 
 from .._validation import check_positive_float, check_positive_int
-from .. import likelihoods as _lik
 from ..network import BayesianNetwork, _chain_forward
 from .base import Data, Inference, Posterior, _ema, register_method
 
@@ -662,27 +661,9 @@ class _SVI(Inference):
 
 def _loglik_sum(likelihood, out: torch.Tensor, y: torch.Tensor, lats: Dict[str, torch.Tensor]) -> torch.Tensor:
     r""":math:`\sum_n \log p(y_n\mid f_\theta(x_n), \eta)` per leading batch element of ``out``
-    (shape ``out.shape[:-2]``), i.e. ``likelihood.log_prob(out, y, lats).sum(-1)``.
-
-    For :class:`~pyrobdl.likelihoods.Gaussian` (exactly that class) it is evaluated directly,
-
-    .. math:: -\frac{1}{2\sigma^2}\sum_{n,d}(y_{nd}-\mu_{nd})^2 - M\log\sigma - \frac M2\log 2\pi,
-
-    with :math:`M` the number of scored values per batch element, without building a
-    ``Normal`` distribution and validating its arguments every step; every other likelihood
-    goes through its own ``log_prob`` (with argument validation off: the network outputs and
-    targets were validated once in :meth:`~pyrobdl.BayesianNetwork.check_data`)."""
-    if type(likelihood) is _lik.Gaussian:
-        loc = likelihood._squeeze(out)
-        nb = out.dim() - 2  # leading batch dims (particles)
-        if likelihood.learned:
-            sigma = lats["sigma"] if "sigma" in lats else lats["log_sigma"].exp()
-        else:
-            sigma = torch.tensor(likelihood.scale, dtype=loc.dtype, device=loc.device)
-        # sigma has shape batch (or ()); scale the squared error after summing over the data
-        sq = (y - loc).pow(2).reshape(loc.shape[:nb] + (-1,)).sum(-1)
-        M = loc[(0,) * nb].numel() if nb else loc.numel()
-        return -0.5 * sq / (sigma * sigma) - M * sigma.log() - 0.5 * M * _LOG_2PI
+    (shape ``out.shape[:-2]``), with distribution argument validation off: the network
+    outputs and targets were validated once in :meth:`~pyrobdl.BayesianNetwork.check_data`
+    (the Gaussian likelihoods evaluate their density in closed form, without distributions)."""
     with pyro.validation_enabled(False):
         return likelihood.log_prob(out, y, lats).sum(-1)
 

@@ -677,21 +677,24 @@ def test_chain_paths_follow_the_input_device(small_data, method, general_path):
                                    (likelihoods.Gaussian(), 2), (likelihoods.HeteroscedasticGaussian(), 2),
                                    (likelihoods.HeteroscedasticGaussian(), 4)])
 def test_training_log_prob_equals_the_likelihoods(lik, k):
-    """The closed-form Gaussian log-density of the training loops is the likelihood's own."""
+    """The closed-form Gaussian log-density (``likelihood.log_prob``, used by the training
+    loops) is that of torch's ``Normal`` (``likelihood.dist(...).log_prob``): values and gradients."""
     torch.manual_seed(0)
     out = torch.randn(3, 7, k, dtype=torch.float64, requires_grad=True)
     d = k // 2 if isinstance(lik, likelihoods.HeteroscedasticGaussian) else k
     y = torch.randn((3, 7) if d == 1 else (3, 7, d), dtype=torch.float64)
     lats = {"sigma": torch.rand(3, dtype=torch.float64) + 0.5} if lik.latent_supports() else {}
-    got = _bl._fast_log_prob(lik)(out, y, lats)
-    want = lik.log_prob(out, y, lats)
-    assert _bl._fast_log_prob(lik) is not lik.log_prob  # the closed form is used ...
+    got = lik.log_prob(out, y, lats)
+    want = lik.dist(out, lats).log_prob(y)
+    assert type(lik).log_prob is not likelihoods.Likelihood.log_prob  # the closed form is used ...
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)  # ... and is the same function
     g1, = torch.autograd.grad(got.sum(), out)
     g2, = torch.autograd.grad(want.sum(), out)
     torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
     other = likelihoods.Categorical()
-    assert _bl._fast_log_prob(other) == other.log_prob
+    logits = torch.randn(3, 7, 4, dtype=torch.float64)
+    labels = torch.randint(0, 4, (7,))
+    torch.testing.assert_close(other.log_prob(logits, labels, {}), other.dist(logits, {}).log_prob(labels))
 
 
 def test_ensemble_epoch_gather_equals_per_step_indexing(small_data, monkeypatch):
