@@ -448,11 +448,28 @@ def _header_lines(results) -> List[Tuple[str, str]]:
                      f"{st['num_samples']} predictive samples"),
         ("versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v and k != "platform")),
     ]
+    other = _other_models(results)
+    if other:
+        lines.append(("other models", "; ".join(f"{', '.join(ms)}: {desc}" for desc, ms in other.items())))
     if units:
         lines.append(("units", units))
     if results.get("total_seconds") is not None:
         lines.append(("run time", f"{results['total_seconds']:.1f} s ({results['status']})"))
     return lines
+
+
+def _other_models(results) -> Dict[str, List[str]]:
+    """``{model description: [methods]}`` for the methods whose model differs from
+    ``settings.model`` (e.g. heteroscedastic ones; their split records carry ``model``)."""
+    out: Dict[str, List[str]] = {}
+    for m, e in results["methods"].items():
+        mod = next((rec["model"] for rec in e.get("splits", []) if rec.get("model")), None)
+        if mod is None:
+            continue
+        desc = (f"{mod['network']}; likelihood {mod['likelihood'].get('type')}; "
+                f"{mod['num_weights']} weights")
+        out.setdefault(desc, []).append(m)
+    return out
 
 
 def _md_escape(text: str) -> str:

@@ -74,8 +74,10 @@ def test_compare_uci_defaults():
     mf = compare.method_options("mean-field")
     assert mf["estimator"] == "local" and 0 < mf["kl_warmup"] <= mf["num_steps"] // 2
     do = compare.method_options("mc-dropout")
-    assert do["layers"] == "all" and do["p"] == 0.01 and do["weight_decay"] == 0.003
+    assert do["layers"] == "all" and do["p"] == 0.015 and do["weight_decay"] == "prior"
     assert compare.method_options("ensemble")["lr"] == 2e-2
+    nuts = compare.method_options("nuts")
+    assert nuts["max_tree_depth"] == 8 and nuts["num_samples"] == nuts["warmup_steps"] == 500
 
 
 def test_toy_and_quick_profiles_keep_their_settings():
@@ -88,11 +90,38 @@ def test_toy_and_quick_profiles_keep_their_settings():
     assert isinstance(toy.prior, priors.Normal)
 
 
-def test_ensemble_members_are_heteroscedastic_on_uci_regression():
+@pytest.mark.parametrize("method", ["mean-field", "low-rank", "mc-dropout", "ensemble"])
+def test_heteroscedastic_methods_on_uci_regression(method):
     ds = datasets.load("boston")
-    model = compare.build_model(ds, method="ensemble")
+    model = compare.build_model(ds, method=method)
     assert isinstance(model.likelihood, likelihoods.HeteroscedasticGaussian)
     assert model.net[-1].out_features == 2
-    assert isinstance(compare.build_model(ds, method="mean-field").likelihood, likelihoods.Gaussian)
-    toy = compare.build_model(datasets.load("toy-regression"), method="ensemble")
-    assert isinstance(toy.likelihood, likelihoods.Gaussian)
+    assert isinstance(model.prior, priors.FanInNormal) and model.prior.gain == 3.0
+    toy = compare.build_model(datasets.load("toy-regression"), method=method)
+    assert isinstance(toy.likelihood, likelihoods.Gaussian) and toy.net[-1].out_features == 1
+
+
+@pytest.mark.parametrize("method", ["nuts", "hmc", "full-rank", "mc-dropconnect", None])
+def test_other_methods_keep_one_noise(method):
+    model = compare.build_model(datasets.load("boston"), method=method)
+    assert isinstance(model.likelihood, likelihoods.Gaussian) and model.net[-1].out_features == 1
+    digits = compare.build_model(datasets.load("digits"), method="mean-field", hidden=8)
+    assert isinstance(digits.likelihood, likelihoods.Categorical)
+
+
+def test_report_names_the_heteroscedastic_models(tmp_path):
+    """A compare run on UCI data records the variance-head model of the heteroscedastic methods
+    per split, and report.md lists it beside the shared model."""
+    res = compare.compare("boston", methods=["mean-field", "mc-dropout", "ensemble", "mc-dropconnect"], splits=1,
+                          quick=True, out=tmp_path, progress=False)
+    for m in ("mean-field", "mc-dropout", "ensemble"):
+        rec = res["methods"][m]["splits"][0]
+        assert rec["status"] == "ok", rec
+        assert rec["model"]["likelihood"]["type"] == "HeteroscedasticGaussian"
+        assert rec["model"]["network"].endswith("Linear(20, 2)")
+    assert "model" not in res["methods"]["mc-dropconnect"]["splits"][0]
+    assert res["settings"]["model"]["likelihood"]["type"] == "Gaussian"
+    md = (tmp_path / "report.md").read_text()
+    line = next(l for l in md.splitlines() if l.startswith("- **other models**"))
+    assert "mean-field, mc-dropout, ensemble: Linear(13, 20) → ReLU → Linear(20, 2)" in line
+    assert "HeteroscedasticGaussian" in line and "mc-dropconnect" not in line

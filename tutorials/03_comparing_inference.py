@@ -31,6 +31,9 @@
 # tutorial 1), so that NUTS can run to convergence in a couple of minutes on a
 # laptop CPU. The same comparison on any dataset is one command:
 # `pyrobdl compare --dataset boston --methods mean-field,low-rank,full-rank,nuts,mc-dropout,ensemble`.
+# (On UCI data its defaults give mean-field and low-rank VI, MC dropout and
+# the ensemble members a variance head, `HeteroscedasticGaussian`, and keep one noise for the
+# others; the report's "other models" line says which method fitted which.)
 #
 # **Papers.** C. Blundell et al., *Weight Uncertainty in Neural Networks* (ICML
 # 2015); V. M.-H. Ong, D. J. Nott and M. S. Smith, *Gaussian Variational
