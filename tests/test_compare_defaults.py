@@ -112,9 +112,9 @@ def test_other_methods_keep_one_noise(method):
 def test_report_names_the_heteroscedastic_models(tmp_path):
     """A compare run on UCI data records the variance-head model of the heteroscedastic methods
     per split, and report.md lists it beside the shared model."""
-    res = compare.compare("boston", methods=["mean-field", "mc-dropout", "ensemble", "mc-dropconnect"], splits=1,
+    res = compare.compare("boston", methods=["mean-field", "low-rank", "mc-dropout", "ensemble", "mc-dropconnect"], splits=1,
                           quick=True, out=tmp_path, progress=False)
-    for m in ("mean-field", "mc-dropout", "ensemble"):
+    for m in ("mean-field", "low-rank", "mc-dropout", "ensemble"):
         rec = res["methods"][m]["splits"][0]
         assert rec["status"] == "ok", rec
         assert rec["model"]["likelihood"]["type"] == "HeteroscedasticGaussian"
@@ -123,5 +123,5 @@ def test_report_names_the_heteroscedastic_models(tmp_path):
     assert res["settings"]["model"]["likelihood"]["type"] == "Gaussian"
     md = (tmp_path / "report.md").read_text()
     line = next(l for l in md.splitlines() if l.startswith("- **other models**"))
-    assert "mean-field, mc-dropout, ensemble: Linear(13, 20) → ReLU → Linear(20, 2)" in line
+    assert "mean-field, low-rank, mc-dropout, ensemble: Linear(13, 20) → ReLU → Linear(20, 2)" in line
     assert "HeteroscedasticGaussian" in line and "mc-dropconnect" not in line
