@@ -8,9 +8,9 @@ split has 455). Everything is printed in one run, for each thread count.
    per member, Adam (lr 1e-2), at two settings:
 
    * ``UCI``: the settings ``pyrobdl compare`` uses on UCI data
-     (``compare.DEFAULT_OPTIONS["ensemble"]``: 40 epochs, minibatches of 32,
+     (``DeepEnsemble``'s class defaults: 40 epochs, minibatches of 32,
      each member its own shuffle);
-   * ``full batch``: one step per epoch (``compare.TOY_OPTIONS``), 200 epochs.
+   * ``full batch``: one step per epoch (``compare.profiles.TOY_OPTIONS``), 200 epochs.
 
    ``DeepEnsemble.fit`` (end to end: copies, initialisation, checks and
    training) against what a user writes without pyrobdl: a plain PyTorch
@@ -35,7 +35,9 @@ split has 455). Everything is printed in one run, for each thread count.
 Protocol: each variant runs once as warm-up, then ``--repeats`` times,
 interleaved with the other variants (so a burst of load on a shared machine
 hits all of them); the table shows the best (minimum) wall-clock time and, in
-brackets, the median. Ratios are of the best times. A second line gives the
+brackets, the median. Ratios are of the best times; a third line gives the ratios
+of the medians, which ``main()`` returns (with both times) and the README shows
+(``benchmarks/readme.py`` runs this in a fresh process per thread count). A second line gives the
 ratios of process CPU time (best of the repeats): with one thread and a quiet
 machine they equal the wall-clock ones; on a machine shared with other work
 they are the steadier of the two (with several threads CPU time also counts
@@ -63,8 +65,9 @@ from torch import nn
 
 import pyrobdl
 from pyrobdl import BayesianNetwork, likelihoods, priors
+from pyrobdl._fast import general_path
 from pyrobdl.inference import DeepEnsemble, MCDropout
-from pyrobdl.inference import baselines as _bl
+from pyrobdl.inference import dropout as _dropout
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -78,16 +81,6 @@ def toy(n: int, seed: int = 0):
     x = torch.rand(n, 1, generator=g) * 14 - 7
     y = x[:, 0] * torch.sin(x[:, 0]) + (0.3 + 0.3 * x[:, 0].abs() / 7) * torch.randn(n, generator=g)
     return x, y
-
-
-class general_path:
-    """Context: pyrobdl on its general vmap/functional_call path (no hand-batched chains)."""
-
-    def __enter__(self):
-        _bl._USE_CHAIN_PATH = False
-
-    def __exit__(self, *exc):
-        _bl._USE_CHAIN_PATH = True
 
 
 def interleaved(variants: Dict[str, Tuple[Callable[[], None], Callable[[], None], int]], repeats: int):
@@ -113,6 +106,20 @@ def fmt(ts: List[float], scale: float = 1e3) -> str:
 
 def cpu_ratios(cpu: Dict[str, List[float]], base: str, others: List[str]) -> str:
     return "  ".join(f"{min(cpu[o]) / min(cpu[base]):.2f}x" for o in others)
+
+
+def _ratios(t: Dict[str, List[float]], base: str, others: List[str], stat=min) -> str:
+    return "  ".join(f"{stat(t[o]) / stat(t[base]):.2f}x" for o in others)
+
+
+def _summary(t: Dict[str, List[float]], base: str, others: List[str]) -> dict:
+    """Wall-clock ms per unit (median and min of the repeats) and ratio = other / base, of the
+    medians (``ratio_*``) and of the minimums (``ratio_*_min``)."""
+    out = {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v), "n": len(v)} for k, v in t.items()}
+    for o in others:
+        out[f"ratio_{o}"] = statistics.median(t[o]) / statistics.median(t[base])
+        out[f"ratio_{o}_min"] = min(t[o]) / min(t[base])
+    return out
 
 
 # ----------------------------------------------------------------------------- ensembles
@@ -147,11 +154,14 @@ def ensemble_loop(model, x, y, *, size, epochs, batch_size, fused=False) -> None
                 opt.step()
 
 
-def bench_ensembles(model, x, y, *, settings, repeats) -> None:
+def bench_ensembles(model, x, y, *, settings, repeats) -> dict:
+    """Returns {setting key: {variant: {"median_ms", "min_ms"}, "ratio_*": median ratios}}."""
+    out = {}
     print("\n  Deep ensemble training, 5 members: ms per epoch, best (median); ratio = loop / DeepEnsemble")
     print(f"  {'setting':<34} {'DeepEnsemble':>20} {'(vmap path)':>20} {'loop, default Adam':>20} "
           f"{'loop, fused Adam':>20}  {'ratio default':>13} {'ratio fused':>11}")
     for label, kw in settings:
+        key, kw = kw.get("key", label), {k: v for k, v in kw.items() if k != "key"}
         warm = dict(kw, epochs=max(1, kw["epochs"] // 10))
 
         def vmap_fit(**k):
@@ -173,7 +183,11 @@ def bench_ensembles(model, x, y, *, settings, repeats) -> None:
               f"  {min(t['loop']) / v:12.2f}x {min(t['loop_fused']) / v:10.2f}x")
         print(f"  {'   CPU-time ratios (vmap path, default, fused)':<34} "
               f"{cpu_ratios(cpu, 'vec', ['vmap', 'loop', 'loop_fused'])}")
+        print(f"  {'   ratios of the medians (default, fused)':<34} "
+              f"{_ratios(t, 'vec', ['loop', 'loop_fused'], statistics.median)}")
+        out[key] = _summary(t, "vec", ["vmap", "loop", "loop_fused"])
     print("  target: >= 3x against the loop (the issue)")
+    return out
 
 
 # ----------------------------------------------------------------------------- MC dropout
@@ -195,7 +209,7 @@ def dropout_loop(post, x, S) -> None:
 
 def dropout_loop_shared_mask(post, x, S) -> None:
     """S separate forward passes, each with one mask shared by all inputs (predict's semantics)."""
-    with torch.no_grad(), _bl._Sampling(post.net):
+    with torch.no_grad(), _dropout._Sampling(post.net):
         out = torch.stack([post.net(x) for _ in range(S)])
     post.model.likelihood.prediction(out, post._expanded_latents(S))
 
@@ -210,7 +224,9 @@ def repeated(fn: Callable[[], None], inner: int) -> Tuple[Callable[[], None], Ca
     return fn, call, inner
 
 
-def bench_dropout(post, *, sizes, repeats, S=100) -> None:
+def bench_dropout(post, *, sizes, repeats, S=100) -> dict:
+    """Returns {str(N): {variant: {"median_ms", "min_ms"}, "ratio_*": median ratios}}."""
+    out = {}
     print(f"\n  MC-dropout prediction, S={S} masks: ms per predict, best (median); ratio = loop / predict")
     print(f"  {'N test':>7} {'predict':>20} {'(vmap path)':>20} {'(a) loop ms':>20} {'(b) loop ms':>20}"
           f"  {'ratio (a)':>9} {'ratio (b)':>9}")
@@ -232,24 +248,27 @@ def bench_dropout(post, *, sizes, repeats, S=100) -> None:
         b = min(t["batched"])
         print(f"  {n:>7} {fmt(t['batched']):>20} {fmt(t['vmap']):>20} {fmt(t['a']):>20} {fmt(t['b']):>20}"
               f"  {min(t['a']) / b:8.2f}x {min(t['b']) / b:8.2f}x"
-              f"   CPU-time ratios (vmap, a, b): {cpu_ratios(cpu, 'batched', ['vmap', 'a', 'b'])}")
+              f"   CPU-time ratios (vmap, a, b): {cpu_ratios(cpu, 'batched', ['vmap', 'a', 'b'])}"
+              f"   ratios of the medians (a, b): {_ratios(t, 'batched', ['a', 'b'], statistics.median)}")
+        out[str(n)] = _summary(t, "batched", ["vmap", "a", "b"])
     print("  target: >= 10x against the loop (the issue)")
+    return out
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to run (default: 1 2)")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per variant, after one warm-up")
     ap.add_argument("--n", type=int, default=500, help="training points")
     ap.add_argument("--test-sizes", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--quick", action="store_true", help="tiny settings (seconds): a smoke test, not a measurement")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     uci, full = 40, 200
     if args.quick:
         args.threads, args.repeats, args.test_sizes, uci, full = args.threads[:1], 1, args.test_sizes[:1], 2, 5
     settings = [
-        (f"UCI: {uci} epochs, batch 32", dict(epochs=uci, batch_size=32)),
-        (f"full batch: {full} epochs", dict(epochs=full, batch_size=None)),
+        (f"UCI: {uci} epochs, batch 32", dict(epochs=uci, batch_size=32, key="uci")),
+        (f"full batch: {full} epochs", dict(epochs=full, batch_size=None, key="full_batch")),
     ]
     print(f"torch {torch.__version__}, pyrobdl {pyrobdl.__version__}, python {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
@@ -258,15 +277,21 @@ def main() -> None:
     x, y = toy(args.n)
     model = BayesianNetwork(make_net(), prior=priors.Normal(0.0, 1.0), likelihood=likelihoods.Gaussian())
     torch.manual_seed(0)
-    post = MCDropout(p=0.1, num_steps=300 if not args.quick else 20, progress=False, seed=0).fit(model, x, y)
+    post = MCDropout(p=0.1, layers="hidden", num_steps=300 if not args.quick else 20, progress=False, seed=0).fit(model, x, y)
     t_start = time.perf_counter()
+    results = {"n_train": args.n, "repeats": args.repeats, "quick": args.quick,
+               "settings": {"uci": {"epochs": uci, "batch_size": 32}, "full_batch": {"epochs": full, "batch_size": None}},
+               "threads": {}}
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\n=== {torch.get_num_threads()} thread(s) ===")
         torch.manual_seed(0)
-        bench_ensembles(model, x, y, settings=settings, repeats=args.repeats)
-        bench_dropout(post, sizes=args.test_sizes, repeats=args.repeats)
+        results["threads"][str(torch.get_num_threads())] = {
+            "ensemble": bench_ensembles(model, x, y, settings=settings, repeats=args.repeats),
+            "dropout": bench_dropout(post, sizes=args.test_sizes, repeats=args.repeats),
+        }
     print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
+    return results
 
 
 if __name__ == "__main__":

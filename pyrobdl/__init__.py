@@ -21,9 +21,19 @@ from . import likelihoods, priors  # noqa: E402
 from .network import BayesianNetwork  # noqa: E402
 from .prediction import ClassificationPrediction, Prediction, RegressionPrediction  # noqa: E402
 from . import inference  # noqa: E402
-from .inference.base import available_methods, fit  # noqa: E402
+from .inference.base import fit  # noqa: E402
+from .inference.registry import available_methods  # noqa: E402
 from .serialization import load  # noqa: E402
-from . import datasets, metrics, plots  # noqa: E402
+from . import datasets, metrics  # noqa: E402
+
+
+def __getattr__(name):
+    # pyrobdl.plots (and matplotlib.pyplot with it) is imported on first use, not by `import pyrobdl`
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "__version__",

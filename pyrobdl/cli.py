@@ -130,7 +130,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _summary_lines(results) -> List[str]:
-    from .report import metric_tables
+    from .compare.report import metric_tables
 
     lines = []
     tables = metric_tables(results)

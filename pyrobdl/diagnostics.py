@@ -60,8 +60,8 @@ import pyro
 import torch
 from torch import nn
 
-from ._validation import check_inputs, check_positive_int
-from .network import DEFAULT_MAX_MEMORY, BayesianNetwork
+from ._util import check_inputs, eval_mode, warn_user
+from .network import BayesianNetwork
 
 __all__ = [
     "Summary",
@@ -78,8 +78,6 @@ __all__ = [
     "plot_energy",
 ]
 
-#: draws taken from posteriors that are not MCMC (one chain) when not told otherwise
-DEFAULT_NUM_DRAWS = 1000
 #: function-space diagnostics use at most this many training inputs by default
 DEFAULT_GRID_POINTS = 200
 
@@ -101,55 +99,42 @@ def _arviz_major() -> int:
 
 
 # ============================================================================ draws
-def _is_mcmc(posterior) -> bool:
-    from .inference.mcmc import MCMCPosterior
-
-    return isinstance(posterior, MCMCPosterior)
-
-
-def _chain_draws(posterior, num_samples: Optional[int] = None) -> Dict[str, torch.Tensor]:
-    """Site -> ``(chains, draws, *shape)``. MCMC: per-chain draws (all, or
-    ``num_samples`` in total thinned evenly within each chain); other posteriors:
-    ``num_samples`` (default 1000) draws as one chain."""
-    draws, _ = _chain_draws_idx(posterior, num_samples)
-    return draws
+# The diagnostics read any posterior through its public protocol: ``posterior.draws(n)``
+# (``chains x draws`` values and sampler statistics), ``type(posterior).markov_chains``,
+# ``posterior.training_data`` and ``posterior.fit_info`` -- no inference module is imported.
+def _markov(posterior) -> bool:
+    """Whether the posterior's draws are Markov chains (MCMC)."""
+    return bool(getattr(type(posterior), "markov_chains", False))
 
 
-def _chain_draws_idx(posterior, num_samples: Optional[int] = None):
-    posterior._check_fitted()
-    if _is_mcmc(posterior):
-        s = posterior.samples
-        if num_samples is None:
-            return s, None
-        C, S = posterior.num_chains, posterior.num_draws
-        num_samples = check_positive_int(num_samples, "num_samples")
-        per = max(1, min(S, num_samples // C))
-        idx = torch.linspace(0, S - 1, per, device=next(iter(s.values())).device).round().long()
-        return {k: v[:, idx] for k, v in s.items()}, idx
-    if num_samples is None:
-        # posteriors with a fixed set of draws (ensembles: one per member) give all of them
-        n = None if getattr(posterior, "default_num_samples", 1) is None else DEFAULT_NUM_DRAWS
-    else:
-        n = check_positive_int(num_samples, "num_samples")
+def _draws(posterior, num_samples: Optional[int] = None):
+    """``posterior.draws(num_samples)``: Markov chains (all draws, or ``num_samples`` in all
+    thinned evenly within each chain), or ``num_samples`` (default 1000) draws as one chain."""
     try:
-        flat = posterior.sample_latents(n)
+        return posterior.draws(num_samples)
     except NotImplementedError:
         raise TypeError(
             f"{type(posterior).__name__} has no posterior over the model's latent sites (sample_latents), "
             "so it cannot be exported to ArviZ or diagnosed"
         ) from None
-    return {k: v.unsqueeze(0) for k, v in flat.items()}, None
 
 
-def _sample_stats(posterior, idx=None) -> Dict[str, np.ndarray]:
-    """ArviZ-ready sampler statistics of an MCMC posterior (thinned like the draws)."""
+def _training_data(posterior) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The training data a posterior keeps (``posterior.training_data``), else ``(None, None)``."""
+    data = getattr(posterior, "training_data", None)
+    return (None, None) if data is None else data
+
+
+def _sample_stats(stats: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    """ArviZ-ready sampler statistics: ``diverging`` as booleans, statistics that were
+    never recorded (all NaN, e.g. the tree depth of fixed-length HMC) left out."""
     out = {}
-    for k, v in (getattr(posterior, "sample_stats", None) or {}).items():
-        a = _np(v if idx is None else v[:, idx.to(v.device)])
+    for k, v in stats.items():
+        a = _np(v)
         if k == "diverging":
             a = a.astype(bool)
         elif not np.isfinite(a).any():
-            continue  # e.g. tree_depth of fixed-length HMC
+            continue
         out[k] = a
     return out
 
@@ -279,7 +264,7 @@ class FunctionSpaceDiagnostics:
 def _default_grid(posterior, x_grid, max_points: int) -> Optional[torch.Tensor]:
     if x_grid is not None:
         return check_inputs(x_grid, "x_grid")
-    x = getattr(posterior, "x", None)
+    x, _ = _training_data(posterior)
     if x is None:
         return None
     if x.shape[0] > max_points:
@@ -294,10 +279,10 @@ def function_values(posterior, x_grid, *, num_samples: Optional[int] = None) -> 
     and outputs."""
     model: BayesianNetwork = posterior.model
     x = check_inputs(x_grid, "x_grid").to(model.device, model.dtype)
-    draws = _chain_draws(posterior, num_samples)
-    flat, C, S = _flatten_chains(draws)
+    flat, C, S = _flatten_chains(_draws(posterior, num_samples).values)
     with pyro.validation_enabled(False):
-        pred = model.predict_from_samples(x, flat)
+        out, lats = model.outputs_from_samples(x, flat)
+        pred = model.likelihood.prediction(out, lats)
     t = pred.samples["loc"] if "loc" in pred.samples else pred.samples["probs"]
     return _np(t).reshape(C, S, -1)
 
@@ -428,7 +413,8 @@ def summary(
         s = pyrobdl.diagnostics.summary(posterior)   # its repr is a readable table
         s.to_dict()["function_rhat_max"]
     """
-    draws = _chain_draws(posterior, num_samples)
+    d_all = _draws(posterior, num_samples)
+    draws = d_all.values
     C, S = next(iter(draws.values())).shape[:2]
     names = list(draws)
     per_site = {}
@@ -458,8 +444,9 @@ def summary(
         function_ess_tail_min=None if fs is None else fs.ess_tail_min,
         per_site=per_site,
     )
-    stats = getattr(posterior, "sample_stats", None)
-    if _is_mcmc(posterior) and stats:
+    # sampler statistics of every iteration (not only of the thinned draws)
+    stats = (d_all if num_samples is None else _draws(posterior)).sample_stats if _markov(posterior) else {}
+    if stats:
         def mean(k):
             v = stats.get(k)
             if v is None:
@@ -509,8 +496,6 @@ def warn_if_problematic(
         if not messages:
             print("no convergence problem found")
     """
-    from .inference.base import warn_user
-
     s = posterior_or_summary if isinstance(posterior_or_summary, Summary) else summary(posterior_or_summary, x_grid=x_grid)
     msgs = []
     C = s.num_chains
@@ -579,27 +564,11 @@ def pointwise_log_likelihood(
         >>> ll.shape, y_rep.shape          # (S, N): the input of PSIS-LOO / WAIC
         (torch.Size([10, 20]), torch.Size([10, 20]))
     """
-    S = next(iter(values.values())).shape[0]
-    N = x.shape[0]
-    max_memory = DEFAULT_MAX_MEMORY if max_memory is None else check_positive_int(max_memory, "max_memory")
-    per_row = model._bytes_per_row(x)
-    chunk = max(1, min(S, max_memory // max(per_row * N, 1)))
-    lls, reps = [], []
-    was = model.net.training
-    model.net.eval()
-    try:
-        with torch.no_grad(), pyro.validation_enabled(False):
-            for s0 in range(0, S, chunk):
-                v = {k: t[s0 : s0 + chunk] for k, t in values.items()}
-                params, lats = model.split_values(v)
-                out = model.apply(params, x)
-                lls.append(model.log_likelihood(v, x, y, pointwise=True, out=out))
-                if predictive:
-                    reps.append(model.likelihood.dist(out, lats).sample())
-    finally:
-        model.net.train(was)
-    ll = torch.cat(lls, 0)
-    return ll, (torch.cat(reps, 0) if predictive else None)
+    with torch.no_grad(), pyro.validation_enabled(False), eval_mode(model.net):
+        out, lats = model.outputs_from_samples(x, values, max_memory=max_memory)
+        ll = model.likelihood.log_prob(out, y, lats)
+        rep = model.likelihood.dist(out, lats).sample() if predictive else None
+    return ll, rep
 
 
 # ============================================================================ ArviZ export
@@ -607,14 +576,14 @@ def _site_dims(model: BayesianNetwork, draws: Dict[str, torch.Tensor]) -> Dict[s
     """Readable dimension names: a Linear layer's weight is (``<layer>_out``,
     ``<layer>_in``) and its bias (``<layer>_out``), so they share the unit axis."""
     dims = {}
-    site_to_param = {site: p for p, site in model._site_of.items()}
-    owners = getattr(model, "_owners", {})
+    site_to_param = {name: s.param for name, s in model.latent_sites().items()}
+    modules = dict(model.net.named_modules())
     for site, v in draws.items():
         shape = v.shape[2:]
         if len(shape) == 0:
             continue
         pname = site_to_param.get(site)
-        module = owners.get(pname) if pname is not None else None
+        module = modules.get(pname.rsplit(".", 1)[0] if "." in pname else "") if pname is not None else None
         layer = site.rsplit(".", 1)[0] if "." in site else (model.name or "net")
         leaf = pname.rsplit(".", 1)[-1] if pname else ""
         if isinstance(module, nn.Linear) and leaf == "weight" and len(shape) == 2:
@@ -675,16 +644,17 @@ def to_arviz(
         az.loo(idata), az.waic(idata)
     """
     model: BayesianNetwork = posterior.model
-    draws, idx = _chain_draws_idx(posterior, num_samples)
+    d = _draws(posterior, num_samples)
+    draws = d.values
     flat, C, S = _flatten_chains(draws)
-    if x is None and y is None and _is_mcmc(posterior):
-        x, y = posterior.x, posterior.y
+    if x is None and y is None:
+        x, y = _training_data(posterior)
     elif (x is None) != (y is None):
         raise ValueError("pass both x and y (the data for the log_likelihood and observed_data groups), or neither")
     groups: Dict[str, Dict[str, np.ndarray]] = {"posterior": {k: _np(v) for k, v in draws.items()}}
     dims = _site_dims(model, draws)
-    if _is_mcmc(posterior):
-        groups["sample_stats"] = _sample_stats(posterior, idx)
+    if _markov(posterior):
+        groups["sample_stats"] = _sample_stats(d.sample_stats)
     if x is not None:
         x, y = model.check_data(x, y)
         x, y = x.to(model.device), y.to(model.device)
@@ -701,11 +671,11 @@ def to_arviz(
 
 def _posterior_only(posterior, num_samples=None):
     """ArviZ data with the posterior (and MCMC sample_stats) only: no likelihood pass."""
-    draws, idx = _chain_draws_idx(posterior, num_samples)
-    groups = {"posterior": {k: _np(v) for k, v in draws.items()}}
-    if _is_mcmc(posterior):
-        groups["sample_stats"] = _sample_stats(posterior, idx)
-    return _from_dict(groups, _site_dims(posterior.model, draws), {"inference_library": "pyrobdl"})
+    d = _draws(posterior, num_samples)
+    groups = {"posterior": {k: _np(v) for k, v in d.values.items()}}
+    if _markov(posterior):
+        groups["sample_stats"] = _sample_stats(d.sample_stats)
+    return _from_dict(groups, _site_dims(posterior.model, d.values), {"inference_library": "pyrobdl"})
 
 
 def _function_idata(posterior, x_grid, num_samples=None):
@@ -786,6 +756,6 @@ def plot_energy(posterior, **kwargs):
     Reference: M. Betancourt, *A Conceptual Introduction to Hamiltonian Monte
     Carlo* (2017).
     """
-    if not _is_mcmc(posterior) or "energy" not in posterior.sample_stats:
+    if not _markov(posterior) or "energy" not in _draws(posterior).sample_stats:
         raise ValueError("plot_energy needs an MCMC posterior (HMC/NUTS) with recorded energies")
     return _call_plot("plot_energy", _posterior_only(posterior), **kwargs)

@@ -23,14 +23,14 @@ Deep Learning for Computer Vision?* (NeurIPS 2017).
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from torch.distributions import constraints
 
-from ._validation import as_tensor, check_finite, check_positive_float
+from ._util import as_tensor, check_finite, check_positive_float
 from .prediction import ClassificationPrediction, Prediction, RegressionPrediction
 
 __all__ = [
@@ -40,6 +40,8 @@ __all__ = [
     "Categorical",
     "Bernoulli",
     "get_likelihood",
+    "register_likelihood",
+    "available_likelihoods",
     "CategoricalLogitNoise",
     "HeteroscedasticCategorical",
 ]
@@ -91,10 +93,19 @@ class Likelihood:
     def latent_supports(self) -> Dict[str, constraints.Constraint]:
         return {}
 
-    def latent_init(self) -> Dict[str, float]:
-        """Starting values of the likelihood's latents for gradient-based
-        fits (variational inference); a latent not listed starts at its prior median."""
+    def latent_init(self, y: Optional[torch.Tensor] = None) -> Dict[str, float]:
+        """Starting values of the likelihood's latents for gradient-based fits (variational
+        inference, MC dropout, ensembles), given the training targets ``y`` when known (a
+        noise scale starts relative to their spread); a latent not listed starts at its
+        prior median."""
         return {}
+
+    @property
+    def learns_noise(self) -> bool:
+        """Whether the fit learns the observation noise (a latent noise scale or a variance
+        head); :func:`~pyrobdl.inference.base.check_fit` then checks that it reached the
+        residual scale."""
+        return False
 
     # -- targets and outputs --------------------------------------------------
     def event_shape(self, out: torch.Tensor) -> torch.Size:
@@ -204,14 +215,15 @@ class Gaussian(_GaussianBase):
             together with the weights (a point estimate for maximum-likelihood
             methods). A float fixes it.
         scale_prior: scale of the half-normal prior on σ when it is learned.
-        init: starting value of a learned σ in variational inference (the
-            posterior mean of σ starts there), in the units of ``y``; the
-            default 0.1 is a tenth of the target's std once ``y`` is
-            standardised (the prior median, 0.67 for ``scale_prior=1``, was
-            used before). Starting with a small noise makes the fit explain
-            the data with the weights before the noise absorbs the residuals;
-            on UCI Boston (5 splits, mean-field, gain-2 fan-in prior) it moved
-            the test log-likelihood from -2.53 to -2.49.
+        init: starting value of a learned σ for gradient-based fits, as a
+            fraction of the training targets' standard deviation (so the start
+            does not depend on the units of ``y``; in the units of ``y`` when
+            the targets are not known). The default 0.1 starts the noise at a
+            tenth of the targets' spread: the fit explains the data with the
+            weights before the noise absorbs the residuals (see the docs page
+            "How the defaults were chosen"). The noise then moves with its own
+            learning rate (:data:`pyrobdl.inference.optim.LIKELIHOOD_LR`), so it
+            reaches the residual scale whatever the network's ``lr``.
 
     Example::
 
@@ -236,8 +248,19 @@ class Gaussian(_GaussianBase):
     def latent_supports(self):
         return {"sigma": constraints.positive} if self.learned else {}
 
-    def latent_init(self):
-        return {"sigma": self.init} if self.learned else {}
+    def latent_init(self, y: Optional[torch.Tensor] = None):
+        if not self.learned:
+            return {}
+        scale = 1.0
+        if y is not None and y.is_floating_point() and y.numel() > 1:
+            spread = float(y.detach().std())
+            if math.isfinite(spread) and spread > 0:
+                scale = spread
+        return {"sigma": self.init * scale}
+
+    @property
+    def learns_noise(self) -> bool:
+        return self.learned
 
     def _sigma(self, latents, ref: torch.Tensor, event_dims: int) -> torch.Tensor:
         if not self.learned:
@@ -301,6 +324,10 @@ class HeteroscedasticGaussian(_GaussianBase):
     """
 
     outputs_per_target = 2
+
+    @property
+    def learns_noise(self) -> bool:
+        return True
 
     def __init__(self, *, min_log_variance: float = -20.0, max_log_variance: float = 20.0):
         self.min_log_variance = float(min_log_variance)
@@ -470,11 +497,11 @@ def get_likelihood(cfg) -> Likelihood:
     cfg = dict(cfg)
     t = cfg.pop("type", None)
     if t not in _LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {t!r}; known: {sorted(_LIKELIHOODS)}")
-    cls = _LIKELIHOODS[t]
-    if t == "Gaussian":
-        return cls(cfg.get("scale"), scale_prior=cfg.get("scale_prior", 1.0), init=cfg.get("init", 0.1))
-    return cls(**cfg)
+        raise ValueError(
+            f"unknown likelihood {t!r}; known: {', '.join(sorted(_LIKELIHOODS))} (register a custom "
+            "likelihood class with @pyrobdl.likelihoods.register_likelihood before loading)"
+        )
+    return _LIKELIHOODS[t](**cfg)
 
 
 def register_likelihood(cls):
@@ -482,7 +509,17 @@ def register_likelihood(cls):
     return _register(cls)
 
 
-from ._validation import check_positive_int as _check_positive_int  # noqa: E402
+def available_likelihoods() -> List[str]:
+    """Names of the registered likelihood classes (for error messages and configs).
+
+    Example:
+        >>> "Gaussian" in available_likelihoods()
+        True
+    """
+    return sorted(_LIKELIHOODS)
+
+
+from ._util import check_positive_int as _check_positive_int  # noqa: E402
 
 
 @register_likelihood

@@ -23,8 +23,8 @@ through the network in one batched pass with :func:`torch.func.vmap`.
 
 Besides the Pyro model, the class offers the fast, trace-free functions that
 pyrobdl's inference uses: :meth:`apply`, :meth:`log_prior`,
-:meth:`log_likelihood` and :meth:`predict_from_samples` (chunked and vectorised
-over posterior samples).
+:meth:`log_likelihood` and :meth:`outputs_from_samples` (chunked and vectorised
+over posterior samples; the fast paths behind them live in :mod:`pyrobdl._fast`).
 """
 from __future__ import annotations
 
@@ -32,19 +32,20 @@ import fnmatch
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-import torch.nn.functional as F
 from torch.distributions import constraints
 from torch.func import functional_call, vmap
 
 from . import likelihoods as _lik
 from . import priors as _priors
-from ._validation import check_inputs, check_positive_int, check_same_length
+from ._fast import chain as fast_chain
+from ._fast import engine
+from ._util import check_inputs, check_positive_int, check_same_length, eval_mode
 from .prediction import Prediction
 
 __all__ = ["BayesianNetwork", "LatentSite"]
@@ -55,9 +56,8 @@ _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 Selector = Union[None, str, type, nn.Module, Callable, Sequence]
 
-DEFAULT_MAX_MEMORY = 512 * 2**20  # bytes of activations per predictive chunk
-TARGET_ROWS = 20_000  # samples x inputs per batched predictive pass (see predict_from_samples)
-CHAIN_PASS_ROWS = 20_000  # samples x inputs per pass of a plain Linear chain (see _chain_predict)
+#: gain of the default fan-in prior for regression likelihoods (see :class:`BayesianNetwork`)
+DEFAULT_REGRESSION_GAIN = 3.0
 
 
 @dataclass
@@ -109,231 +109,6 @@ def _drop_data_dim(value: torch.Tensor, shape: torch.Size, site: str) -> torch.T
     return value.squeeze(nb - 1)
 
 
-# ----------------------------------------------------------------------------- plain chains
-#: elementwise activations the chain fast path calls as they are (no parameters, no randomness,
-#: same in train and eval mode); in-place variants where the input is a fresh linear output
-_ELEMENTWISE = (
-    nn.Tanh, nn.ReLU, nn.Sigmoid, nn.GELU, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Identity,
-    nn.Mish, nn.Hardtanh, nn.ReLU6, nn.SELU, nn.CELU, nn.Softsign, nn.Tanhshrink, nn.Hardswish,
-    nn.Hardsigmoid, nn.LogSigmoid,
-)
-
-
-def _tanh_(h):
-    r"""In-place :math:`\tanh` of a fresh linear output, as :math:`2\sigma(2x)-1` on the CPU
-    (see :func:`_tanh`)."""
-    if h.device.type != "cpu":
-        return h.tanh_()
-    if torch.is_grad_enabled() and h.requires_grad:
-        return _tanh(h)
-    return h.mul_(2.0).sigmoid_().mul_(2.0).sub_(1.0)
-
-
-def _tanh(h):
-    r""":math:`\tanh x = 2\sigma(2x) - 1`.
-
-    On the CPU builds measured here, ``torch.tanh`` costs ~2.8 ns per float32 element against
-    ~0.6 ns for ``torch.sigmoid`` (one thread), and tanh dominated both SVI steps and
-    predictive passes of tanh networks. The identity is exact; its float32 rounding error is
-    at most a few units of :math:`2^{-24}` in absolute terms (tested against float64 tanh),
-    below the rounding of the following matrix product. Differentiable (the autograd graph
-    has sigmoid, two scalings and a shift). Other devices (CUDA, where ``tanh`` is one
-    memory-bound kernel like ``sigmoid``) use ``torch.tanh``."""
-    if h.device.type != "cpu":
-        return torch.tanh(h)
-    return torch.sigmoid(h * 2.0).mul(2.0).sub_(1.0)
-
-
-class _FastTanh:
-    forward = staticmethod(lambda m, h: _tanh(h))
-
-
-def _relu_(h):
-    return h.relu_()
-
-
-def _sigmoid_(h):
-    return h.sigmoid_()
-
-
-_INPLACE = {nn.Tanh: _tanh_, nn.ReLU: _relu_, nn.Sigmoid: _sigmoid_}
-
-
-#: dropout modules, which a chain may skip when the caller guarantees eval mode (see :func:`_chain_plan`)
-_DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-
-
-class _Chain:
-    """A network recognised as a plain chain (see :func:`_chain_plan`).
-
-    Attributes:
-        steps: ``("linear", module, weight_name, bias_name)`` or
-            ``("act", module, forward, inplace_fn)`` in order (``forward`` is the class's
-            function, called as ``forward(module, h)``; run them with :func:`_chain_run`).
-        modules: every module involved (containers, identities and skipped dropouts
-            included), for the per-call hook check.
-    """
-
-    def __init__(self, steps, modules):
-        self.steps, self.modules = steps, modules
-        self.n_linear = sum(1 for s in steps if s[0] == "linear")
-
-    def still_plain(self) -> bool:
-        """No forward or backward hooks and no monkeypatched ``forward`` (e.g. pyrobdl's
-        local reparameterisation) on any module of the chain, and no global module hooks."""
-        from torch.nn.modules import module as _mod
-
-        if (
-            _mod._global_forward_hooks or _mod._global_forward_pre_hooks
-            or _mod._global_backward_hooks or _mod._global_backward_pre_hooks
-        ):
-            return False
-        for m in self.modules:
-            if (
-                m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                or "forward" in m.__dict__
-            ):
-                return False
-        return True
-
-
-def _chain_plan(net: nn.Module, *, dropout_is_identity: bool = False) -> Optional[_Chain]:
-    r"""``net`` as a :class:`_Chain` when it is a plain chain
-    :math:`f = a_L\circ\ell_L\circ\dots\circ a_1\circ\ell_1` of :class:`~torch.nn.Linear`
-    layers :math:`\ell` and elementwise activations :math:`a`; else ``None``.
-
-    Accepted: an :class:`~torch.nn.Sequential` (nested ones flattened) whose leaves are exact
-    :class:`~torch.nn.Linear` layers or activations of ``_ELEMENTWISE`` (exact types: a
-    subclass may override ``forward``), with no buffers, no parametrizations or other
-    submodules of a leaf, at least one Linear, and no in-place activation before the first
-    Linear (it would write into the caller's input); :class:`~torch.nn.Identity` leaves are
-    skipped. With ``dropout_is_identity`` dropout modules are skipped too (the caller
-    guarantees eval mode, e.g. dropout posteriors whose masks act on the weights). Everything
-    else -- normalisation, convolutions, custom modules -- keeps the general
-    ``functional_call``/``vmap`` path. Hooks and patched forwards are checked per call, by
-    :meth:`_Chain.still_plain`."""
-    if type(net) is not nn.Sequential:
-        return None
-    if next(net.buffers(), None) is not None:
-        return None
-    names = {id(m): n for n, m in net.named_modules()}
-    steps: List[Tuple] = []
-    modules: List[nn.Module] = []
-
-    def walk(m: nn.Module) -> bool:
-        modules.append(m)
-        if type(m) is nn.Sequential:
-            return all(walk(c) for c in m)
-        if m._modules:  # e.g. parametrizations
-            return False
-        if type(m) is nn.Linear:
-            pre = names[id(m)] + "." if names[id(m)] else ""
-            steps.append(("linear", m, pre + "weight", pre + "bias" if m.bias is not None else None))
-            return True
-        if type(m) in _ELEMENTWISE:
-            if getattr(m, "inplace", False) and not any(s[0] == "linear" for s in steps):
-                return False  # would write into the caller's input
-            if type(m) is not nn.Identity:
-                fwd = _FastTanh.forward if type(m) is nn.Tanh else type(m).forward
-                steps.append(("act", m, fwd, _INPLACE.get(type(m))))
-            return True
-        return dropout_is_identity and type(m) in _DROPOUT_TYPES
-
-    if not walk(net) or not any(s[0] == "linear" for s in steps):
-        return None
-    return _Chain(steps, modules)
-
-
-def _chain_run(plan: _Chain, x: torch.Tensor, linear: Callable[[Tuple, torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-    """``x`` through the steps of ``plan``: ``linear(step, h, l)`` computes the ``l``-th
-    (1-based) Linear layer, activations are applied here, in place when their input is a
-    linear layer's own output and the activation has an in-place form (never on ``x``)."""
-    h = x
-    fresh = False  # h is a linear layer's own output (safe to overwrite in place)
-    li = 0
-    for step in plan.steps:
-        if step[0] == "act":
-            _, m, fn, inplace = step
-            h = inplace(h) if (fresh and inplace is not None) else fn(m, h)
-            fresh = False
-        else:
-            li += 1
-            h = linear(step, h, li)
-            fresh = True
-    return h
-
-
-def _chain_forward(
-    plan,
-    params: Dict[str, torch.Tensor],
-    x: torch.Tensor,
-    B: int,
-    *,
-    out: Optional[torch.Tensor] = None,
-    buffers: Optional[List[torch.Tensor]] = None,
-) -> torch.Tensor:
-    r"""Run a plain Linear/activation chain (see :func:`_chain_plan`) on inputs ``x`` of shape
-    ``(N, d_in)``, shared by the batch, or ``(B, N, d_in)``, one input per batch element.
-
-    ``params`` maps parameter names to values; a value has a leading batch dimension of size
-    ``B`` (``B = 0``: no batch dimension) or none (a weight ``(out, in)`` or bias ``(out,)``
-    shared by the batch); for a parameter that is not given the module's own tensor is used.
-    A shared input stays shared (one 2-D product) until the first batched parameter, so the
-    result is ``(N, k)`` when nothing is batched and ``(B, N, k)`` otherwise. Layer :math:`l` computes
-    :math:`h_{l} = h_{l-1}W_l^\top + b_l` for every batch element at once (``baddbmm``,
-    one GEMM per batch element inside one kernel), so the result equals
-    ``vmap(functional_call)`` up to floating-point reassociation (and :class:`~torch.nn.Tanh`
-    is evaluated as :math:`2\sigma(2x)-1`, see :func:`_tanh`: within ~2e-7 absolute in float32).
-
-    With ``out`` (shape ``(B, N, k)``) the result is written into it (by the last layer, and
-    by any activation after it), and with ``buffers``
-    (flat scratch tensors, one per hidden layer, each with room for ``B*N*width``) the
-    hidden activations are written into them in place: no allocation per pass (used by
-    prediction under ``inference_mode``; not differentiable).
-    """
-    nlin = plan.n_linear
-
-    def layer(step: Tuple, h: torch.Tensor, li: int) -> torch.Tensor:
-        _, m, wname, bname = step
-        w = params.get(wname)
-        if w is None:
-            w = m.weight
-        b = None
-        if bname is not None:
-            b = params.get(bname)
-            if b is None:
-                b = m.bias
-        target = None
-        if li == nlin and out is not None:
-            target = out
-        elif buffers is not None and li < nlin:
-            rows = h.shape[-2]
-            lead = (B,) if B else ()
-            target = buffers[li - 1][: (B or 1) * rows * w.shape[-2]].view(lead + (rows, w.shape[-2]))
-        if B and w.dim() == 3:  # batched weights: one baddbmm over the batch
-            if h.dim() == 2:
-                h = h.expand((B,) + h.shape)
-            wt = w.transpose(1, 2)
-            if b is None:
-                return torch.bmm(h, wt, out=target) if target is not None else torch.bmm(h, wt)
-            bb = b.unsqueeze(1) if b.dim() == 2 else b.expand(B, 1, b.shape[-1])
-            return torch.baddbmm(bb, h, wt, out=target) if target is not None else torch.baddbmm(bb, h, wt)
-        bias_batched = b is not None and b.dim() == 2 and B
-        h = F.linear(h, w, None if bias_batched else b)
-        if bias_batched:
-            h = h + b.unsqueeze(1)
-        if target is not None:
-            target.copy_(h)
-            h = target
-        return h
-
-    h = _chain_run(plan, x, layer)
-    if out is not None and h is not out:  # activations after the last layer that made a new tensor
-        out.copy_(h)
-        h = out
-    return h
-
-
 class BayesianNetwork(nn.Module):
     r"""Turn a torch network into a Bayesian one: a Pyro model with priors over
     (some of) its parameters.
@@ -342,8 +117,11 @@ class BayesianNetwork(nn.Module):
         net: any :class:`torch.nn.Module` mapping inputs ``(N, ...)`` to outputs
             ``(N, k)``.
         prior: a :class:`pyrobdl.priors.Prior` (default :class:`~pyrobdl.priors.FanInNormal`:
-            weights :math:`\mathcal N(0, 1/\text{fan\_in})`, biases :math:`\mathcal N(0, 1)`; on the UCI
-            benchmarks it fits markedly better than i.i.d. ``Normal(0, 1)``).
+            weights :math:`\mathcal N(0, g^2/\text{fan\_in})`, biases :math:`\mathcal N(0, 1)`, with
+            gain :math:`g = 3` for regression likelihoods and :math:`g = 1` for classification;
+            on the UCI benchmarks the fan-in prior fits markedly better than i.i.d.
+            ``Normal(0, 1)``, and gain 3 better than 1 or 2 for regression -- see the docs page
+            "How the defaults were chosen").
         likelihood: a :class:`pyrobdl.likelihoods.Likelihood` (default
             ``Gaussian()`` with a learned noise scale).
         bayesian: which parameters get a prior. ``None`` (default): every
@@ -387,18 +165,18 @@ class BayesianNetwork(nn.Module):
         super().__init__()
         if not isinstance(net, nn.Module):
             raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
-        if prior is None:
-            prior = _priors.FanInNormal()
-        if not isinstance(prior, _priors.Prior):
-            raise TypeError(
-                f"prior must be a pyrobdl.priors.Prior (e.g. priors.Normal(0, 1)), got {type(prior).__name__}"
-            )
         if likelihood is None:
             likelihood = _lik.Gaussian()
         if not isinstance(likelihood, _lik.Likelihood):
             raise TypeError(
                 "likelihood must be a pyrobdl.likelihoods.Likelihood (e.g. likelihoods.Gaussian()), "
                 f"got {type(likelihood).__name__}"
+            )
+        if prior is None:
+            prior = _priors.FanInNormal(gain=DEFAULT_REGRESSION_GAIN if likelihood.task == "regression" else 1.0)
+        if not isinstance(prior, _priors.Prior):
+            raise TypeError(
+                f"prior must be a pyrobdl.priors.Prior (e.g. priors.Normal(0, 1)), got {type(prior).__name__}"
             )
         if not isinstance(name, str):
             raise TypeError(f"name must be a string, got {type(name).__name__}")
@@ -533,8 +311,8 @@ class BayesianNetwork(nn.Module):
         new = copy.deepcopy(self)
         new._uid = f"pyrobdl.{self.name or 'bnn'}.{next(_uid_counter)}"
         new._prior_cache = {}
-        new.__dict__.pop("_chain_cache", None)
-        new.__dict__.pop("_shapes_cache", None)
+        for cache in ("_chain_cache", "_shapes_cache", "_row_bytes_cache", "_batch_cache"):
+            new.__dict__.pop(cache, None)
         return new
 
     def _apply(self, fn, *args, **kwargs):  # .to()/.cuda()/.double() invalidate cached priors
@@ -542,69 +320,106 @@ class BayesianNetwork(nn.Module):
         return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------ functional core
-    def apply(self, params: Dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Run the network with the given values of its Bayesian parameters.
+    def apply(self, params: Dict[str, torch.Tensor], x: torch.Tensor, *, batched_inputs: bool = False) -> torch.Tensor:
+        """Run the network with the given values of its parameters.
+
+        A plain chain of ``nn.Linear`` layers and elementwise activations with 2-D inputs runs
+        on the chain fast path (:mod:`pyrobdl._fast.chain`: one ``baddbmm`` per layer over
+        the batch), any other network as ``vmap`` over ``functional_call``; both compute the
+        same function, and :func:`pyrobdl._fast.general_path` forces the second.
 
         Args:
-            params: network-parameter name -> value. Values may carry the same
-                leading batch shape ``B`` (e.g. posterior samples); the net then
+            params: network-parameter name -> value; parameters not given keep the
+                network's own values. Values may carry a leading batch shape ``B`` (e.g.
+                posterior samples; values without it are shared by the batch); the net then
                 runs once per batch element in one vectorised pass.
-            x: inputs ``(N, ...)``, shared by all batch elements.
+            x: inputs ``(N, ...)``, shared by all batch elements, or with
+                ``batched_inputs=True`` one input per batch element, ``B + (N, ...)``.
 
         Returns:
             outputs of shape ``B + (N, k)``.
+
+        Example:
+            >>> import torch, torch.nn as nn
+            >>> model = BayesianNetwork(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)))
+            >>> w = model.net[0].weight.detach()
+            >>> model.apply({"0.weight": w.expand(5, 4, 2)}, torch.randn(3, 2)).shape
+            torch.Size([5, 3, 1])
+            >>> model.apply({"0.weight": w.expand(5, 4, 2)}, torch.randn(5, 3, 2), batched_inputs=True).shape
+            torch.Size([5, 3, 1])
         """
+        lead, mixed = self._batch_shape(params)
+        nl = len(lead)
+        if batched_inputs and (not lead or tuple(x.shape[:nl]) != tuple(lead)):
+            raise ValueError(
+                f"batched_inputs=True needs inputs of shape (batch, N, ...) with the parameters' batch shape "
+                f"{tuple(lead)}, got {tuple(x.shape)}"
+            )
+        xdim = x.dim() - nl if batched_inputs else x.dim()
+        chain = self._chain() if xdim == 2 else None
+        if chain is not None and not mixed and nl <= 1:  # the common case: no reshaping at all
+            return fast_chain.forward(chain, params, x, lead[0] if lead else 0)
+        if not lead:
+            return functional_call(self.net, params, (x,), strict=False)
         named = self._param_shapes()
-        batch_shape = None
+        B = math.prod(lead)
+        xs = x.reshape((B,) + x.shape[nl:]) if batched_inputs else x
+        flat = {k: v.expand(lead + named[k]).reshape((B,) + named[k]) for k, v in params.items()}
+        if chain is not None:
+            out = fast_chain.forward(chain, flat, xs, B)
+        elif B == 1:  # one sample: a plain pass (2-D matmuls), no vmap
+            out = functional_call(self.net, {k: v[0] for k, v in flat.items()}, (xs[0] if batched_inputs else xs,), strict=False)
+            out = out.unsqueeze(0)
+        else:
+            net = self.net
+
+            def one(p, xi):
+                return functional_call(net, p, (xi,), strict=False)
+
+            out = vmap(one, in_dims=(0, 0 if batched_inputs else None), randomness="different")(flat, xs)
+        return out.reshape(lead + out.shape[1:])
+
+    def _chain(self) -> Optional[fast_chain.Chain]:
+        """The network as a plain chain of :class:`~torch.nn.Linear` layers and elementwise
+        activations (dropout modules skipped while they are in eval mode) when the chain
+        fast path may run now, else ``None`` (see :func:`pyrobdl._fast.chain.plan` and
+        :func:`~pyrobdl._fast.chain.usable`). The structure is cached; the per-call checks
+        (the switch, hooks, patched forwards, dropout modes) are not."""
+        if "_chain_cache" not in self.__dict__:
+            self.__dict__["_chain_cache"] = fast_chain.plan(self.net, dropout_is_identity=True)
+        return fast_chain.usable(self.__dict__["_chain_cache"])
+
+    def _batch_shape(self, params: Dict[str, torch.Tensor]) -> Tuple[Tuple[int, ...], bool]:
+        """(the common batch shape of the values, whether their batch shapes differ and are
+        broadcast), after checking every value's shape; remembered per names and shapes, so
+        the hot loops of training and prediction check each layout once."""
+        key = (tuple(params), tuple([v.shape for v in params.values()]))
+        cache = self.__dict__.setdefault("_batch_cache", {})
+        found = cache.get(key)
+        if found is not None:
+            return found
+        named = self._param_shapes()
+        lead: Tuple[int, ...] = ()
+        mixed = False
         for pname, v in params.items():
-            pshape = named[pname]
-            bs = v.shape[: v.dim() - len(pshape)]
-            if v.shape[len(bs):] != pshape:
+            pshape = named.get(pname)
+            if pshape is None:
+                raise ValueError(f"{pname!r} is not a parameter of the network; its parameters: {', '.join(named)}")
+            nb = v.dim() - len(pshape)
+            if nb < 0 or v.shape[nb:] != pshape:
                 raise ValueError(
                     f"value for {pname!r} has shape {tuple(v.shape)}, expected (..., {', '.join(map(str, pshape))})"
                 )
-            if batch_shape is None:
-                batch_shape = bs
-            elif bs != batch_shape:
-                # broadcast: expand to the common batch shape
-                batch_shape = torch.broadcast_shapes(batch_shape, bs)
-        chain = self._chain() if x.dim() == 2 else None
-        if chain is not None:
-            B = math.prod(batch_shape) if batch_shape else 0
-            flat = params if not batch_shape else {
-                k: v.expand(batch_shape + named[k]).reshape((B,) + named[k]) for k, v in params.items()
-            }
-            out = _chain_forward(chain, flat, x, B)
-            return out.reshape(batch_shape + out.shape[-2:]) if batch_shape else out
-        if not batch_shape:
-            return functional_call(self.net, params, (x,), strict=False)
-        B = math.prod(batch_shape)
-        if B == 1:  # one sample: a plain pass (2-D matmuls), no vmap
-            single = {k: v.reshape(named[k]) for k, v in params.items()}
-            out = functional_call(self.net, single, (x,), strict=False)
-            return out.reshape(batch_shape + out.shape)
-        flat = {
-            k: v.expand(batch_shape + named[k]).reshape((B,) + named[k])
-            for k, v in params.items()
-        }
-
-        def one(p):
-            return functional_call(self.net, p, (x,), strict=False)
-
-        out = vmap(one, in_dims=(0,), randomness="different")(flat)
-        return out.reshape(batch_shape + out.shape[1:])
-
-    def _chain(self) -> Optional["_Chain"]:
-        """The network as a plain chain of :class:`~torch.nn.Linear` layers and elementwise
-        activations, or ``None`` when it is anything else (see :func:`_chain_plan`). Such a
-        chain runs batched over weight samples with ``baddbmm`` instead of ``vmap``; the
-        structure is cached, the per-call checks (hooks, patched forwards) are not."""
-        if "_chain_cache" not in self.__dict__:
-            self.__dict__["_chain_cache"] = _chain_plan(self.net)
-        plan = self.__dict__["_chain_cache"]
-        if plan is None or not plan.still_plain():
-            return None
-        return plan
+            if nb:
+                if not lead:
+                    lead = tuple(v.shape[:nb])
+                elif tuple(v.shape[:nb]) != lead:
+                    mixed = True
+                    lead = tuple(torch.broadcast_shapes(lead, v.shape[:nb]))
+        if len(cache) >= 64:
+            cache.clear()
+        cache[key] = (lead, mixed)
+        return lead, mixed
 
     def _param_shapes(self) -> Dict[str, torch.Size]:
         shapes = self.__dict__.get("_shapes_cache")
@@ -706,126 +521,116 @@ class BayesianNetwork(nn.Module):
         return out
 
     # ------------------------------------------------------------------ prediction
-    def _bytes_per_row(self, x: torch.Tensor) -> int:
-        """Activation bytes one input row costs for one weight sample (measured
-        with forward hooks on a one-row pass)."""
-        total = [0]
+    def row_bytes(self, x: torch.Tensor) -> int:
+        """Bytes of activations one input row of ``x`` costs one predictive sample (a probe
+        pass with forward hooks, :func:`pyrobdl._fast.engine.row_bytes`), cached per input
+        shape, dtype and device."""
+        key = (tuple(x.shape[1:]), x.dtype, x.device)
+        cache = self.__dict__.setdefault("_row_bytes_cache", {})
+        if key not in cache:
+            cache[key] = engine.row_bytes(self.net, x)
+        return cache[key]
 
-        def hook(_m, _i, o):
-            if isinstance(o, torch.Tensor):
-                total[0] += o.numel() * o.element_size()
+    def predict_from_samples(self, x: torch.Tensor, samples: Dict[str, torch.Tensor], **chunking) -> Prediction:
+        """The likelihood's prediction object for posterior samples: :meth:`outputs_from_samples`
+        (which takes the ``chunk_size`` and ``max_memory`` options) turned into the predictive
+        mixture by :meth:`Likelihood.prediction`."""
+        out, lats = self.outputs_from_samples(x, samples, **chunking)
+        return self.likelihood.prediction(out, lats)
 
-        handles = [m.register_forward_hook(hook) for m in self.net.modules() if next(m.children(), None) is None]
-        was_training = self.net.training
-        self.net.eval()  # the probe must not touch BatchNorm running statistics
-        try:
-            with torch.no_grad():
-                self.net(x[:1])
-        finally:
-            self.net.train(was_training)
-            for h in handles:
-                h.remove()
-        return max(total[0], x[:1].numel() * x.element_size())
-
-    def predict_from_samples(
+    def outputs_from_samples(
         self,
         x: torch.Tensor,
         samples: Dict[str, torch.Tensor],
         *,
         chunk_size: Optional[int] = None,
         max_memory: Optional[int] = None,
-    ) -> Prediction:
-        """Push posterior samples through the network in batched, chunked passes.
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Push posterior samples through the network in batched, chunked passes
+        (:meth:`outputs_from_params`).
 
         Args:
             x: inputs ``(N, ...)``.
             samples: site name -> values ``(S, *shape)`` for every latent site.
-            chunk_size: samples per batched pass; default: about 20,000 rows
-                (samples x inputs) per pass, one sample per plain pass when ``N``
-                alone exceeds 5,000 rows, and never more than fit in ``max_memory``.
-            max_memory: bound in bytes on the activations of one pass
-                (default 512 MiB). Inputs are chunked too when one sample over
-                all inputs exceeds it.
+            chunk_size: samples per batched pass (default: the engine's policy, see
+                :mod:`pyrobdl._fast.engine`).
+            max_memory: bound in bytes on the activations of one pass (default 512 MiB);
+                inputs are chunked too when one sample over all inputs exceeds it.
 
         Returns:
-            the likelihood's prediction object.
+            network outputs ``(S, N, k)`` and the likelihood latents ``{short name: (S, ...)}``.
         """
         params, lats = self.split_values(samples)
         S = next(iter(samples.values())).shape[0]
-        N = x.shape[0]
-        max_memory = DEFAULT_MAX_MEMORY if max_memory is None else check_positive_int(max_memory, "max_memory")
-        per_row = self._bytes_per_row(x)
-        chunk_given = chunk_size is not None
-        if chunk_size is None:
-            # Measured on the 1->50->50->1 net (benchmarks/bench_svi.py): batching samples pays
-            # while a pass holds up to ~20k rows (S_chunk * N); beyond that a loop of plain 2-D
-            # passes (chunk 1, no vmap) beats one large batched matmul.
-            by_rows = TARGET_ROWS // N
-            chunk_size = 1 if by_rows < 4 else by_rows
-            chunk_size = max(1, min(S, chunk_size, max_memory // max(per_row * N, 1)))
-        else:
-            chunk_size = check_positive_int(chunk_size, "chunk_size")
-        rows = N if per_row * N * chunk_size <= max_memory else max(1, max_memory // (per_row * chunk_size))
-        chain = self._chain() if x.dim() == 2 else None
-        if chain is not None:
-            with torch.inference_mode():
-                out = self._chain_predict(chain, params, x, S, chunk_size if chunk_given else None, max_memory, per_row)
-            return self.likelihood.prediction(out, lats)
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            with torch.inference_mode():
-                outs = []
-                for s0 in range(0, S, chunk_size):
-                    p_chunk = {k: v[s0 : s0 + chunk_size] for k, v in params.items()}
-                    if rows >= N:
-                        outs.append(self.apply(p_chunk, x))
-                    else:
-                        outs.append(torch.cat([self.apply(p_chunk, x[r : r + rows]) for r in range(0, N, rows)], -2))
-                out = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
-        finally:
-            self.net.train(was_training)
-        return self.likelihood.prediction(out, lats)
 
-    def _chain_predict(
-        self, chain: "_Chain", params: Dict[str, torch.Tensor], x: torch.Tensor, S: int,
-        chunk_size: Optional[int], max_memory: int, per_row: int,
+        def values(s0: int, s1: int) -> Dict[str, torch.Tensor]:
+            return {k: v[s0:s1] for k, v in params.items()}
+
+        return self.outputs_from_params(x, S, values, chunk_size=chunk_size, max_memory=max_memory), lats
+
+    def outputs_from_params(
+        self,
+        x: torch.Tensor,
+        num_samples: int,
+        values: Callable[[int, int], Dict[str, torch.Tensor]],
+        *,
+        chunk_size: Optional[int] = None,
+        max_memory: Optional[int] = None,
+        sample_bytes: int = 0,
     ) -> torch.Tensor:
-        r"""Outputs ``(S, N, k)`` of a plain Linear/activation chain for ``S`` weight samples.
+        """Outputs ``(S, N, k)`` of ``S`` networks at inputs ``x``: the predictive engine
+        (:mod:`pyrobdl._fast.engine`) behind every posterior's prediction.
 
-        Work is split into passes of ``chunk`` samples :math:`\times` ``rows`` inputs, each one
-        ``baddbmm`` per layer writing into scratch buffers that are reused by every pass and
-        into the preallocated result (no per-pass allocation, no concatenation). By default a
-        pass holds about ``CHAIN_PASS_ROWS`` rows (samples :math:`\times` inputs), which keeps a
-        hidden activation of a 50-unit layer near the CPU's L2/L3 cache, and never more than
-        ``max_memory`` bytes of activations (``per_row`` bytes per row and sample). A given
-        ``chunk_size`` fixes the samples per pass; inputs are then chunked only to respect
-        ``max_memory``.
+        ``values(s0, s1)`` gives the parameter values of samples ``s0 .. s1-1``: name ->
+        ``(s1 - s0, *shape)`` (a value without the leading dimension is shared, a parameter
+        not given keeps the network's own value, see :meth:`apply`). It is called once per
+        chunk of samples, so values drawn inside it (dropout masks) are the same for every
+        chunk of inputs. ``sample_bytes``: memory each sample costs whatever the inputs
+        (e.g. its masked weights), counted against ``max_memory``. The network runs in eval
+        mode under ``torch.inference_mode``; a plain Linear chain with 2-D inputs runs on the
+        chain fast path with scratch buffers reused by every pass.
         """
+        S = check_positive_int(num_samples, "num_samples")
+        if chunk_size is not None:
+            chunk_size = check_positive_int(chunk_size, "chunk_size")
+        if max_memory is not None:
+            max_memory = check_positive_int(max_memory, "max_memory")
         N = x.shape[0]
-        budget_rows = max(1, max_memory // max(per_row, 1))  # sample-rows allowed in one pass
-        if chunk_size is None:
-            target = min(CHAIN_PASS_ROWS, budget_rows)
-            chunk = max(1, min(S, target // N))
-            rows = min(N, max(1, target // chunk))
-        else:
-            chunk = min(S, chunk_size)
-            rows = min(N, max(1, budget_rows // chunk))
-        last = [st for st in chain.steps if st[0] == "linear"][-1][1]
-        k = last.out_features
-        out = torch.empty((S, N, k), dtype=x.dtype, device=x.device)
-        widths = [st[1].out_features for st in chain.steps if st[0] == "linear"][:-1]
-        buffers = [torch.empty(chunk * rows * w, dtype=x.dtype, device=x.device) for w in widths]
-        for s0 in range(0, S, chunk):
-            s1 = min(S, s0 + chunk)
-            p = {n: v[s0:s1] for n, v in params.items()}
-            for r0 in range(0, N, rows):
-                r1 = min(N, r0 + rows)
-                _chain_forward(chain, p, x[r0:r1], s1 - s0, out=out[s0:s1, r0:r1], buffers=buffers)
-        return out
+        chunk, rows = engine.plan(
+            S, N, row_bytes=self.row_bytes(x), sample_bytes=sample_bytes, chunk_size=chunk_size,
+            max_memory=max_memory, device=x.device,
+        )
+        drawn: Dict[str, object] = {}
+        shapes = self._param_shapes()
+
+        def chunk_values(s0: int, s1: int) -> Dict[str, torch.Tensor]:
+            if drawn.get("s0") != s0:
+                drawn["s0"], drawn["values"] = s0, values(s0, s1)
+            return drawn["values"]
+
+        with eval_mode(self.net), torch.inference_mode():
+            chain = self._chain() if x.dim() == 2 else None
+            if chain is not None:
+                out = torch.empty((S, N, chain.widths[-1]), dtype=x.dtype, device=x.device)
+                scratch = fast_chain.scratch(chain, chunk * rows, dtype=x.dtype, device=x.device)
+
+                def chain_pass(s0, s1, xr, dest):
+                    return fast_chain.forward(chain, chunk_values(s0, s1), xr, s1 - s0, out=dest, buffers=scratch)
+
+                return engine.run(chain_pass, S, x, chunk=chunk, rows=rows, out=out)
+
+            def general_pass(s0, s1, xr, dest):
+                p = chunk_values(s0, s1)
+                res = self.apply(p, xr)
+                if not any(v.dim() > len(shapes[k]) for k, v in p.items()):  # nothing batched: shared
+                    res = res.expand((s1 - s0,) + res.shape)
+                return res
+
+            return engine.run(general_pass, S, x, chunk=chunk, rows=rows)
 
     def extra_repr(self) -> str:
         return (
             f"prior={self.prior!r}, likelihood={self.likelihood!r}, "
             f"bayesian={len(self._bayes_names)} tensors / {self.num_bayesian_parameters} weights"
         )
+

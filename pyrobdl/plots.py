@@ -37,17 +37,25 @@ References:
 from __future__ import annotations
 
 import numbers
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
-from pyrobdl import metrics as _m
-from pyrobdl.metrics import CalibrationCurve, ReliabilityCurve, RejectionCurve
+from pyrobdl.metrics import (
+    CalibrationCurve,
+    RejectionCurve,
+    ReliabilityCurve,
+    calibration_curve,
+    ood_auroc,
+    reliability_curve,
+)
+from pyrobdl.metrics._common import as_array, float64_prediction, score_arrays, to_numpy
 from pyrobdl.prediction import RegressionPrediction
+
+if TYPE_CHECKING:  # matplotlib.pyplot is imported by the functions that draw, not on import
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 __all__ = [
     "plot_predictive_1d",
@@ -62,7 +70,7 @@ ArrayLike = Union[torch.Tensor, np.ndarray, Sequence, float]
 
 
 def _vector(value, name: str, n: Optional[int] = None, *, allow_scalar: bool = False) -> np.ndarray:
-    arr = _m._array(value, name)
+    arr = as_array(value, name)
     if allow_scalar and arr.size == 1 and n is not None:
         return np.full(n, float(arr.reshape(-1)[0]))
     if arr.ndim > 1 and arr.size == arr.shape[0]:
@@ -74,10 +82,29 @@ def _vector(value, name: str, n: Optional[int] = None, *, allow_scalar: bool = F
     return arr
 
 
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _new_axes(ax: Optional[Axes], figsize: Tuple[float, float] = (6.4, 4.4)) -> Axes:
     if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
+        _, ax = _pyplot().subplots(figsize=figsize)
     return ax
+
+
+def _curve_or_compute(value: Any, curve_type: type, targets: Any, compute: Callable[[], Any], *,
+                      fname: str, what: str, forms: str) -> Any:
+    """``value`` when it is already a ``curve_type`` (then no ``what`` may be given),
+    else ``compute()`` from the prediction and its targets."""
+    if isinstance(value, curve_type):
+        if targets is not None:
+            raise TypeError(f"{fname}(curve) takes no {what}")
+        return value
+    if targets is None:
+        raise TypeError(f"{fname} needs {what}: {forms} or (curve)")
+    return compute()
 
 
 def plot_predictive_1d(
@@ -131,10 +158,10 @@ def plot_predictive_1d(
     if isinstance(prediction, RegressionPrediction):
         if epistemic_std is not None or aleatoric_std is not None:
             raise TypeError("pass either a RegressionPrediction or (mean, epistemic_std, aleatoric_std)")
-        pred = _m._float64_prediction(prediction)
-        mean = _vector(_m._np(pred.mean), "prediction.mean", n)
-        epi = _vector(_m._np(pred.epistemic_std), "prediction.epistemic_std", n)
-        ale = _vector(_m._np(pred.aleatoric_std), "prediction.aleatoric_std", n)
+        pred = float64_prediction(prediction)
+        mean = _vector(to_numpy(pred.mean), "prediction.mean", n)
+        epi = _vector(to_numpy(pred.epistemic_std), "prediction.epistemic_std", n)
+        ale = _vector(to_numpy(pred.aleatoric_std), "prediction.aleatoric_std", n)
     else:
         if epistemic_std is None or aleatoric_std is None:
             raise TypeError(
@@ -235,17 +262,15 @@ def reliability_diagram(
         fig = reliability_diagram(pred, y_test, n_bins=15)
         fig.savefig("reliability.png")
     """
-    if isinstance(prediction, ReliabilityCurve):
-        if labels is not None:
-            raise TypeError("reliability_diagram(curve) takes no labels")
-        curve = prediction
-    else:
-        if labels is None:
-            raise TypeError("reliability_diagram needs labels: (pred, labels), (probs, labels) or (curve)")
-        curve = _m.reliability_curve(prediction, labels, n_bins=n_bins, binning=binning)
+    curve = _curve_or_compute(
+        prediction, ReliabilityCurve, labels,
+        lambda: reliability_curve(prediction, labels, n_bins=n_bins, binning=binning),
+        fname="reliability_diagram", what="labels", forms="(pred, labels), (probs, labels)",
+    )
 
     count_ax = None
     if ax is None:
+        plt = _pyplot()
         if show_counts:
             fig, (ax, count_ax) = plt.subplots(
                 2, 1, sharex=True, figsize=(5.2, 6.2), gridspec_kw={"height_ratios": [3, 1], "hspace": 0.08}
@@ -314,14 +339,11 @@ def plot_calibration_curve(
         ax = plot_calibration_curve(pred_vi, y_test, label="VI")
         plot_calibration_curve(pred_ens, y_test, label="ensemble", ax=ax)
     """
-    if isinstance(prediction, CalibrationCurve):
-        if target is not None:
-            raise TypeError("plot_calibration_curve(curve) takes no targets")
-        curve = prediction
-    else:
-        if target is None:
-            raise TypeError("plot_calibration_curve needs targets: (pred, y), (mean, std, y) or (curve)")
-        curve = _m.calibration_curve(prediction, target, y, num_levels=num_levels)
+    curve = _curve_or_compute(
+        prediction, CalibrationCurve, target,
+        lambda: calibration_curve(prediction, target, y, num_levels=num_levels),
+        fname="plot_calibration_curve", what="targets", forms="(pred, y), (mean, std, y)",
+    )
     ax = _new_axes(ax, (5.0, 5.0))
     (line,) = ax.plot(curve.expected, curve.observed, lw=2, color=color, label=label, gid="calibration")
     if show_area:
@@ -365,7 +387,7 @@ def plot_uncertainty_histogram(
         ax = plot_uncertainty_histogram(predictive_entropy(p_in), predictive_entropy(p_out),
                                         score_name="predictive entropy (nats)")
     """
-    a, b = _m._scores(scores_in, scores_out)
+    a, b = score_arrays(scores_in, scores_out)
     if isinstance(bins, bool) or not isinstance(bins, numbers.Integral) or bins < 1:
         raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
     fa, fb = a[np.isfinite(a)], b[np.isfinite(b)]
@@ -383,7 +405,7 @@ def plot_uncertainty_histogram(
     ax.set_xlabel(score_name)
     ax.set_ylabel("density" if density else "count")
     if show_auroc:
-        ax.set_title(f"OOD AUROC = {_m.ood_auroc(a, b):.3f}")
+        ax.set_title(f"OOD AUROC = {ood_auroc(a, b):.3f}")
     ax.legend(fontsize="small")
     return ax
 
@@ -460,7 +482,7 @@ def plot_metric_comparison(
         raise ValueError("values must be a non-empty mapping {method name: value or values}")
     names, means, errs = [], [], []
     for name, v in values.items():
-        arr = _m._array(v, f"values[{name!r}]").reshape(-1)
+        arr = as_array(v, f"values[{name!r}]").reshape(-1)
         names.append(str(name))
         means.append(float(arr.mean()))
         errs.append(float(arr.std(ddof=1) / np.sqrt(arr.size)) if arr.size > 1 else 0.0)

@@ -12,6 +12,11 @@ divergences (lower-variance ELBO gradients).
 - :class:`PerSite` — a default prior with overrides by parameter name (glob
   pattern) or module type.
 
+Every prior class is registered by name (:func:`register_prior`, as
+:func:`pyrobdl.likelihoods.register_likelihood` for likelihoods), so a saved posterior
+records its prior as plain data (:meth:`Prior.to_config`) and :func:`prior_from_config`
+rebuilds it -- a user's own prior too, once its class is registered.
+
 Example::
 
     prior = priors.PerSite(
@@ -33,9 +38,67 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ._validation import check_positive_float
+from ._util import check_positive_float
 
-__all__ = ["Prior", "Normal", "FanInNormal", "PerSite", "fan_in"]
+__all__ = [
+    "Prior",
+    "Normal",
+    "FanInNormal",
+    "PerSite",
+    "fan_in",
+    "register_prior",
+    "prior_from_config",
+    "available_priors",
+]
+
+_PRIORS: Dict[str, Type["Prior"]] = {}
+
+
+def register_prior(cls: Type["Prior"]) -> Type["Prior"]:
+    """Class decorator: make a :class:`Prior` subclass loadable from its config
+    (:func:`prior_from_config`, :func:`pyrobdl.load`) under its class name, which its
+    :meth:`~Prior.to_config` writes as ``"type"``.
+
+    Example: see :class:`Prior`.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Prior)):
+        raise TypeError(f"register_prior decorates a pyrobdl.priors.Prior subclass, got {cls!r}")
+    _PRIORS[cls.__name__] = cls
+    return cls
+
+
+def available_priors() -> list:
+    """Names of the registered prior classes.
+
+    Example:
+        >>> {"Normal", "FanInNormal", "PerSite"} <= set(available_priors())
+        True
+    """
+    return sorted(_PRIORS)
+
+
+def prior_from_config(cfg: Mapping) -> "Prior":
+    """Rebuild a prior from :meth:`Prior.to_config`'s plain data (or return a
+    :class:`Prior` unchanged).
+
+    Raises:
+        ValueError: the config names no registered prior class.
+
+    Example:
+        >>> prior_from_config({"type": "FanInNormal", "gain": 3.0, "bias_scale": 1.0})
+        FanInNormal(gain=3.0, bias_scale=1.0)
+    """
+    if isinstance(cfg, Prior):
+        return cfg
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"a prior config is a mapping with a 'type' key, got {type(cfg).__name__}")
+    t = cfg.get("type")
+    if t not in _PRIORS:
+        raise ValueError(
+            f"unknown prior type {t!r}; known: {', '.join(available_priors())} (register a custom prior "
+            "class with @pyrobdl.priors.register_prior before loading)"
+        )
+    return _PRIORS[t].from_config({k: v for k, v in cfg.items() if k != "type"})
 
 
 def fan_in(module: Optional[nn.Module], param: torch.Tensor) -> int:
@@ -79,7 +142,8 @@ class Prior:
         A Gaussian prior whose scale depends on the parameter's name:
 
         >>> import torch.nn as nn
-        >>> class BiasWide(Prior):
+        >>> @register_prior
+        ... class BiasWide(Prior):
         ...     def loc_scale(self, name, param, module):
         ...         return 0.0, (10.0 if name.endswith("bias") else 1.0)
         ...     def to_config(self):
@@ -87,6 +151,8 @@ class Prior:
         >>> lin = nn.Linear(3, 2)
         >>> BiasWide().distribution("0.bias", lin.bias, lin).base_dist.scale
         tensor([10., 10.])
+        >>> prior_from_config(BiasWide().to_config())     # registered: loadable
+        BiasWide()
     """
 
     def loc_scale(
@@ -110,14 +176,25 @@ class Prior:
         return dist.Normal(loc_t, scale_t).expand(param.shape).to_event(param.dim())
 
     def to_config(self) -> dict:
-        """Plain-data description (for :func:`pyrobdl.save`)."""
-        raise NotImplementedError
+        """Plain-data description: ``{"type": class name, **constructor arguments}`` (for
+        :meth:`Posterior.save` and :func:`prior_from_config`)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement to_config() -> {{'type': '{type(self).__name__}', ...}} "
+            "to be saved"
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> "Prior":
+        """The prior described by ``cfg`` (:meth:`to_config` without ``"type"``); the default
+        passes the entries as keyword arguments to the constructor."""
+        return cls(**cfg)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.to_config().items() if k != "type")
         return f"{type(self).__name__}({args})"
 
 
+@register_prior
 class Normal(Prior):
     r"""I.i.d. Gaussian prior :math:`w \sim \mathcal N(\text{loc}, \text{scale}^2)` on every weight.
 
@@ -150,6 +227,7 @@ class Normal(Prior):
         return {"type": "Normal", "loc": self.loc, "scale": self.scale}
 
 
+@register_prior
 class FanInNormal(Prior):
     r"""Layer-wise fan-in-scaled Gaussian prior.
 
@@ -197,6 +275,7 @@ class FanInNormal(Prior):
 Key = Union[str, Type[nn.Module]]
 
 
+@register_prior
 class PerSite(Prior):
     """A default prior with per-site overrides.
 
@@ -253,16 +332,9 @@ class PerSite(Prior):
             over[k] = v.to_config()
         return {"type": "PerSite", "default": self.default.to_config(), "overrides": over}
 
-
-def prior_from_config(cfg: dict) -> Prior:
-    t = cfg.get("type")
-    if t == "Normal":
-        return Normal(cfg["loc"], cfg["scale"])
-    if t == "FanInNormal":
-        return FanInNormal(cfg["gain"], cfg["bias_scale"])
-    if t == "PerSite":
-        return PerSite(
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> "PerSite":
+        return cls(
             prior_from_config(cfg["default"]),
-            {k: prior_from_config(v) for k, v in cfg["overrides"].items()},
+            {k: prior_from_config(v) for k, v in cfg.get("overrides", {}).items()},
         )
-    raise ValueError(f"unknown prior type {t!r} in saved file")

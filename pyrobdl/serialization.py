@@ -124,7 +124,7 @@ def save(posterior, path) -> None:
         "posterior_class": type(posterior).__name__,
         "model": model_config(model),
         "net_state": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
-        "posterior": posterior._state(),
+        "posterior": posterior.get_state(),
     }
     torch.save(state, path)
 
@@ -186,7 +186,7 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
         raise ValueError(
             f"{path!r} was written by a newer pyrobdl (format {state['format_version']}); upgrade pyrobdl to load it"
         )
-    from .inference.base import _POSTERIORS
+    from .inference.registry import get_posterior
 
     cfg = state["model"]
     if model is None:
@@ -211,7 +211,8 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
         raise ValueError(f"the saved weights do not fit the given model's network: {e}") from None
     if map_location is not None:
         model.to(map_location)
-    cls = _POSTERIORS.get(state["method"])
-    if cls is None:
-        raise ValueError(f"{path!r} holds a posterior of unknown method {state['method']!r}")
-    return cls._from_state(model, state["posterior"])
+    try:
+        cls = get_posterior(state["method"])
+    except ValueError as e:
+        raise ValueError(f"{path!r} holds a posterior of method {state['method']!r}: {e}") from None
+    return cls.from_state(model, state["posterior"])

@@ -5,7 +5,6 @@ from torch import nn
 
 import pyrobdl
 from pyrobdl import BayesianNetwork, inference, likelihoods
-from pyrobdl.inference.base import NotFittedError
 
 
 def reg_model(out=1):
@@ -59,18 +58,12 @@ def test_output_width():
         pyrobdl.fit(BayesianNetwork(nn.Linear(2, 1), likelihood=likelihoods.Categorical()), X, torch.zeros(10, dtype=torch.long), **FIT)
 
 
-def test_num_samples_and_unfitted():
+def test_num_samples():
     post = pyrobdl.fit(reg_model(), X, Y, **FIT)
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         post.predict(X, num_samples=0)
     with pytest.raises(TypeError, match="num_samples must be an integer"):
         post.predict(X, num_samples=2.5)
-    unfitted = inference.SVIPosterior.__new__(inference.SVIPosterior)
-    pyrobdl.inference.Posterior.__init__(unfitted, reg_model())
-    with pytest.raises(NotFittedError, match="has not been fitted"):
-        unfitted.predict(X)
-    with pytest.raises(ValueError):  # NotFittedError is a ValueError
-        unfitted.predict(X)
 
 
 def test_unknown_method_lists_known():

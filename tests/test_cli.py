@@ -12,6 +12,7 @@ import pyrobdl
 from pyrobdl import compare as compare_mod
 from pyrobdl.cli import main
 from pyrobdl.inference import base as inference_base
+from pyrobdl.inference import registry as inference_registry
 
 REGRESSION_METRICS = {
     "rmse", "ll", "nll", "crps", "coverage_90", "mean_width_90", "miscalibration_area", "sharpness",
@@ -150,7 +151,7 @@ class _Boom(inference_base.Inference):
 
 
 def test_failing_method_is_reported_and_the_others_run(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(inference_base._METHODS, "boom", _Boom)
+    monkeypatch.setitem(inference_registry._METHODS, "boom", _Boom)
     out = tmp_path / "fail"
     code, cap = _run(capsys, "--methods", "boom,ensemble", "--out", out)
     assert code == 1
@@ -235,13 +236,13 @@ def test_usage_errors_exit_2(capsys):
 def test_options_profiles_and_default_methods(tmp_path):
     opts = compare_mod.method_options("mean-field", toy=True, quick=True, config={"mean-field": {"lr": 0.5}})
     assert opts["num_steps"] == compare_mod.QUICK_OPTIONS["mean-field"]["num_steps"] and opts["lr"] == 0.5
-    assert compare_mod.method_options("ensemble")["size"] == compare_mod.DEFAULT_OPTIONS["ensemble"]["size"]
+    assert compare_mod.method_options("ensemble") == {}  # the class defaults, nothing on top
     yaml = pytest.importorskip("yaml")
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump({"deep-ensemble": {"size": 2}, "mean_field": None}))
     assert compare_mod.load_config(path) == {"ensemble": {"size": 2}, "mean-field": {}}
     big = compare_mod.build_model(pyrobdl.datasets.load("digits"), hidden=50)
-    assert big.num_bayesian_parameters > compare_mod.MAX_WEIGHTS.get("nuts", 0)
+    assert big.num_bayesian_parameters > pyrobdl.inference.get_method("nuts").max_weights
     assert "nuts" not in compare_mod.default_methods(big)
     assert "mean-field" in compare_mod.default_methods(big)
 

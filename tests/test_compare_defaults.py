@@ -1,12 +1,17 @@
 """The defaults behind the UCI quality numbers: the learned noise starts small, KL warm-up
-ends at the true ELBO, and compare's model and settings are the measured ones."""
+ends at the true ELBO, compare's model and settings are the measured ones, and compare
+learns what it needs about a method from the method's class."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
+import pyrobdl
 from pyrobdl import BayesianNetwork, compare, datasets, inference, likelihoods, priors
+from pyrobdl.compare import profiles
+from pyrobdl.compare.profiles import effective_options
+from pyrobdl.inference import registry as inference_registry
 
 
 def _data(n=64, seed=0):
@@ -22,12 +27,14 @@ def _model(likelihood=None):
 
 
 @pytest.mark.parametrize("init", [None, 0.5])
+@pytest.mark.filterwarnings("ignore:the fitted")
 def test_learned_noise_starts_at_its_init(init):
     x, y = _data()
     lik = likelihoods.Gaussian() if init is None else likelihoods.Gaussian(init=init)
     post = inference.MeanField(num_steps=1, lr=1e-9, progress=False, seed=0).fit(_model(lik), x, y)
     sigma = float(post.mean_latents()["sigma"])
-    assert sigma == pytest.approx(0.1 if init is None else init, rel=1e-4)
+    # init is a fraction of the targets' standard deviation (units-free start)
+    assert sigma == pytest.approx((0.1 if init is None else init) * float(y.std()), rel=1e-4)
 
 
 def test_noise_init_round_trips_and_is_checked():
@@ -67,17 +74,35 @@ def test_kl_warmup_ends_at_the_true_elbo():
 
 
 def test_compare_uci_defaults():
+    """On benchmark data compare adds nothing to the class defaults, and those are the
+    measured ones (docs/defaults.rst)."""
     ds = datasets.load("boston")
     model = compare.build_model(ds)
+    shared = BayesianNetwork(nn.Sequential(nn.Linear(13, 50), nn.ReLU(), nn.Linear(50, 1)),
+                             likelihood=likelihoods.Gaussian())
+    assert model.prior.to_config() == shared.prior.to_config()  # the network's own default prior
     assert isinstance(model.prior, priors.FanInNormal) and model.prior.gain == 3.0
     assert model.likelihood.latent_init() == {"sigma": 0.1}
-    mf = compare.method_options("mean-field")
-    assert mf["estimator"] == "local" and 0 < mf["kl_warmup"] <= mf["num_steps"] // 2
-    do = compare.method_options("mc-dropout")
-    assert do["layers"] == "all" and do["p"] == 0.015 and do["weight_decay"] == "prior"
-    assert compare.method_options("ensemble")["lr"] == 2e-2
-    nuts = compare.method_options("nuts")
+    for name in pyrobdl.available_methods():
+        assert compare.method_options(name) == {}
+    mf = effective_options("mean-field", {})
+    # "auto": local reparameterisation wherever the network allows it; None: warm-up over half the run
+    assert mf["estimator"] == "auto" and mf["kl_warmup"] is None
+    do = effective_options("mc-dropout", {})
+    algo = inference.MCDropout()
+    assert (algo.p or algo.default_p) == 0.015 and (algo.layers or algo.default_layers) == "all"
+    assert do["weight_decay"] == 0
+    assert effective_options("ensemble", {})["lr"] == 2e-2
+    nuts = effective_options("nuts", {})
     assert nuts["max_tree_depth"] == 8 and nuts["num_samples"] == nuts["warmup_steps"] == 500
+
+
+def test_measured_choices_are_declared_by_the_method_classes():
+    heads = {cls.name for cls in inference.methods() if cls.variance_head}
+    assert heads == {"mean-field", "low-rank", "mc-dropout", "ensemble"}
+    limits = {cls.name: cls.max_weights for cls in inference.methods() if cls.max_weights is not None}
+    assert limits == {"nuts": 2000, "hmc": 2000, "full-rank": 5000}
+    assert inference.MCMCPosterior.markov_chains and not inference.SVIPosterior.markov_chains
 
 
 def test_toy_and_quick_profiles_keep_their_settings():
@@ -87,26 +112,75 @@ def test_toy_and_quick_profiles_keep_their_settings():
     do = compare.method_options("mc-dropout", toy=True)
     assert do["layers"] is None and do["weight_decay"] == "prior"
     toy = compare.build_model(datasets.load("toy-regression"))
-    assert isinstance(toy.prior, priors.Normal)
+    assert isinstance(toy.prior, priors.Normal) and toy.prior.to_config() == profiles.TOY_PRIOR
 
 
-@pytest.mark.parametrize("method", ["mean-field", "low-rank", "mc-dropout", "ensemble"])
-def test_heteroscedastic_methods_on_uci_regression(method):
+@pytest.mark.parametrize("method", [cls.name for cls in inference.methods()] + [None])
+def test_variance_head_follows_the_method_class(method):
     ds = datasets.load("boston")
     model = compare.build_model(ds, method=method)
-    assert isinstance(model.likelihood, likelihoods.HeteroscedasticGaussian)
-    assert model.net[-1].out_features == 2
-    assert isinstance(model.prior, priors.FanInNormal) and model.prior.gain == 3.0
+    head = method is not None and inference.get_method(method).variance_head
+    if head:
+        assert isinstance(model.likelihood, likelihoods.HeteroscedasticGaussian)
+        assert model.net[-1].out_features == 2
+    else:
+        assert isinstance(model.likelihood, likelihoods.Gaussian) and model.net[-1].out_features == 1
+    assert model.prior.to_config() == compare.build_model(ds).prior.to_config()
     toy = compare.build_model(datasets.load("toy-regression"), method=method)
     assert isinstance(toy.likelihood, likelihoods.Gaussian) and toy.net[-1].out_features == 1
-
-
-@pytest.mark.parametrize("method", ["nuts", "hmc", "full-rank", "mc-dropconnect", None])
-def test_other_methods_keep_one_noise(method):
-    model = compare.build_model(datasets.load("boston"), method=method)
-    assert isinstance(model.likelihood, likelihoods.Gaussian) and model.net[-1].out_features == 1
-    digits = compare.build_model(datasets.load("digits"), method="mean-field", hidden=8)
+    digits = compare.build_model(datasets.load("digits"), method=method, hidden=8)
     assert isinstance(digits.likelihood, likelihoods.Categorical)
+
+
+class _Dummy(inference.Inference):
+    """A method that compare knows only by what its class declares."""
+
+    name = "dummy-head"
+    max_weights = 10
+    variance_head = True
+
+    def fit(self, model, x=None, y=None):  # pragma: no cover - never fitted here
+        raise NotImplementedError
+
+
+@pytest.fixture
+def dummy_registered(monkeypatch):
+    """Register _Dummy for one test; the registry is restored afterwards."""
+    monkeypatch.setattr(inference_registry, "_METHODS", dict(inference_registry._METHODS))
+    monkeypatch.setattr(inference_registry, "_ORDER", list(inference_registry._ORDER))
+    inference.register_method(_Dummy)
+    return _Dummy
+
+
+def test_compare_reads_max_weights_and_variance_head_from_the_class(dummy_registered):
+    boston = datasets.load("boston")
+    small = compare.build_model(datasets.load("toy-regression"), hidden=4)
+    assert small.num_bayesian_parameters > _Dummy.max_weights
+    assert "dummy-head" not in compare.default_methods(small)
+    assert "mean-field" in compare.default_methods(small)
+    headed = compare.build_model(boston, method="dummy-head")
+    assert isinstance(headed.likelihood, likelihoods.HeteroscedasticGaussian)
+    assert headed.net[-1].out_features == 2
+    # a method no profile names gets its class defaults; its config is still checked
+    assert compare.method_options("dummy-head", toy=True, quick=True) == {}
+    assert compare.method_options("dummy-head", config={"dummy-head": {"seed": 3}}) == {"seed": 3}
+    with pytest.raises(ValueError, match="unknown option.*nmu_steps.*dummy-head"):
+        compare.method_options("dummy-head", config={"dummy-head": {"nmu_steps": 3}})
+
+
+def test_unknown_config_option_is_an_error():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) nmu_steps for method 'mean-field'; it accepts: .*num_steps"):
+        compare.method_options("mean-field", config={"mean-field": {"nmu_steps": 10}})
+    with pytest.raises(ValueError, match="unknown method 'magic'"):
+        compare.load_config({"magic": {"num_steps": 10}})
+
+
+def test_results_record_every_setting(tmp_path):
+    res = compare.compare("toy-regression", methods="ensemble", quick=True, out=tmp_path, progress=False,
+                          config={"ensemble": {"size": 2}})
+    opts = res["methods"]["ensemble"]["options"]
+    assert opts["size"] == 2 and opts["num_steps"] == profiles.QUICK_OPTIONS["ensemble"]["num_steps"]
+    assert "weight_decay" in opts and "progress" not in opts  # class defaults recorded too
 
 
 def test_report_names_the_heteroscedastic_models(tmp_path):

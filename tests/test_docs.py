@@ -37,11 +37,15 @@ def test_docs_build_without_warnings(tmp_path):
     )
     assert out.returncode == 0, f"sphinx-build -W failed:\n{out.stdout[-3000:]}\n{out.stderr[-8000:]}"
     html = tmp_path / "html"
-    for page in ["index", "getting_started", "which_method", "metrics", "api", "tutorials"]:
+    defaults = (html / "defaults.html").read_text(encoding="utf-8")
+    assert "How the defaults were chosen" in defaults and "-2.431 ± 0.051" in defaults
+    for page in ["index", "getting_started", "which_method", "metrics", "defaults", "api", "tutorials"]:
         assert (html / f"{page}.html").exists(), page
     api = (html / "api.html").read_text(encoding="utf-8")
     for name in ["pyrobdl.network.BayesianNetwork", "pyrobdl.inference.svi.MeanField", "pyrobdl.metrics.ood_auroc",
-                 "pyrobdl.plots.reliability_diagram", "pyrobdl.priors.Normal", "pyrobdl.likelihoods.Gaussian"]:
+                 "pyrobdl.plots.reliability_diagram", "pyrobdl.priors.Normal", "pyrobdl.likelihoods.Gaussian",
+                 "pyrobdl.compare.compare", "pyrobdl.compare.profiles.TOY_OPTIONS",
+                 "pyrobdl.compare.report.write_report"]:
         assert f'id="{name}"' in api, f"{name} is missing from the API reference"
     tutorial_dir = os.path.join(ROOT, "tutorials")
     for script in sorted(os.listdir(tutorial_dir)):

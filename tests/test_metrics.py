@@ -506,3 +506,23 @@ def test_metrics_handle_100k_points_quickly():
         f(mean, std, y)
     # each of these is a few vectorised passes (~50 ms each on one core); 5 s is a generous ceiling
     assert time.perf_counter() - start < 5.0
+
+
+def test_public_api_is_reexported_from_the_package():
+    """pyrobdl.metrics keeps one public API while the code lives in modules by topic."""
+    from pyrobdl.metrics import classification, ood, regression, selective
+
+    expected = {
+        "CalibrationCurve", "ReliabilityCurve", "RejectionCurve", "ClassThresholds",
+        "rmse", "mae", "nll", "crps", "crps_ensemble", "interval_coverage", "mean_interval_width",
+        "calibration_curve", "miscalibration_area", "sharpness",
+        "accuracy", "brier_score", "expected_calibration_error", "maximum_calibration_error", "reliability_curve",
+        "predictive_std", "predictive_entropy", "expected_entropy", "mutual_information", "max_probability",
+        "uncertainty_score", "ood_auroc", "ood_aupr", "fpr_at_95_tpr",
+        "accuracy_rejection_curve", "aurc", "fit_class_thresholds", "class_threshold_rejection",
+    }
+    assert set(M.__all__) == expected and len(M.__all__) == len(expected)
+    topics = {mod.__name__ for mod in (regression, classification, ood, selective)}
+    for name in expected:
+        assert getattr(M, name).__module__ in topics, name  # defined in a topic module
+    assert M.PROB_ATOL == 1e-4

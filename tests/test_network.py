@@ -242,7 +242,11 @@ def test_chain_path_only_for_plain_chains():
         def forward(self, x):
             return super().forward(x) * 2
 
-    assert BayesianNetwork(nn.Sequential(nn.Linear(1, 4), nn.Dropout(0.1), nn.Linear(4, 1)))._chain() is None
+    with_dropout = BayesianNetwork(nn.Sequential(nn.Linear(1, 4), nn.Dropout(0.1), nn.Linear(4, 1)))
+    assert with_dropout._chain() is None  # random in train mode ...
+    with_dropout.net.eval()
+    assert with_dropout._chain() is not None  # ... the identity in eval mode
+    with_dropout.net.train()
     assert BayesianNetwork(nn.Sequential(nn.Linear(1, 4), nn.LayerNorm(4), nn.Linear(4, 1)))._chain() is None
     assert BayesianNetwork(nn.Sequential(MyLinear(1, 4), nn.Tanh(), nn.Linear(4, 1)))._chain() is None
     assert BayesianNetwork(nn.Linear(2, 1))._chain() is None  # not a Sequential: general path

@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 
+import pyrobdl
 import pyrobdl.metrics as M
 import pyrobdl.plots as P
 from pyrobdl.prediction import ClassificationPrediction, RegressionPrediction
@@ -176,3 +177,27 @@ def test_metric_comparison_bars():
     assert len(ax.containers) >= 2  # bars + error bars
     with pytest.raises(ValueError):
         P.plot_metric_comparison({}, metric="RMSE")
+
+
+def test_import_pyrobdl_does_not_import_pyplot():
+    """`import pyrobdl` (and metrics, compare) leaves matplotlib.pyplot alone; pyrobdl.plots
+    is imported on first use and imports pyplot only when it draws."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pyrobdl, pyrobdl.metrics, pyrobdl.compare\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'import pyrobdl imported pyplot'\n"
+        "assert 'pyrobdl.plots' not in sys.modules, 'import pyrobdl imported pyrobdl.plots'\n"
+        "assert 'plots' in pyrobdl.__all__\n"
+        "f = pyrobdl.plots.plot_metric_comparison\n"
+        "from pyrobdl import plots\n"
+        "assert plots.plot_metric_comparison is f and 'matplotlib.pyplot' not in sys.modules\n"
+        "import matplotlib; matplotlib.use('Agg')\n"
+        "plots.plot_metric_comparison({'a': 1.0, 'b': 2.0}, metric='m')\n"
+        "assert 'matplotlib.pyplot' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with pytest.raises(AttributeError, match="no attribute 'no_such_module'"):
+        getattr(pyrobdl, "no_such_module")

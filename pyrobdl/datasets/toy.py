@@ -130,16 +130,29 @@ def _make_1d(
     return ds
 
 
-def toy_regression(
-    *,
-    split: int = 0,
-    seed: int = 0,
-    normalize: bool = False,
-    dtype: torch.dtype = torch.float32,
-    n_train: int = 500,
-    n_test: int = 500,
-    n_ood: int = 200,
-) -> Dataset:
+# the two synthetic problems: function, noise, ranges and provenance
+_TOY_REGRESSION = dict(
+    name="toy-regression",
+    f=lambda x: x * np.sin(x),
+    noise=toy_regression_noise_std,
+    train_range=(-7.0, 7.0),
+    test_range=(-10.0, 10.0),
+    description="1-D y = x sin x with noise std 0.3 + 0.3|x|/7; train x in [-7, 7], test x in [-10, 10]",
+    source="synthetic (after DeepFindr, 'Uncertainty in Deep Learning' #2)",
+)
+_SINUSOID = dict(
+    name="sinusoid",
+    f=np.sin,
+    noise=sinusoid_noise_std,
+    train_range=(-8.0, 8.0),
+    test_range=(-12.0, 12.0),
+    description="1-D y = sin x with noise std 0.1; train x in [-8, 8], test x in [-12, 12]",
+    source="synthetic (after Valdenegro-Toro, uncertainty estimation talk, 2020)",
+)
+
+
+def toy_regression(*, split: int = 0, seed: int = 0, normalize: bool = False, dtype: torch.dtype = torch.float32,
+                   n_train: int = 500, n_test: int = 500, n_ood: int = 200) -> Dataset:
     """The heteroscedastic 1-D problem ``y = x sin x + N(0, (0.3 + 0.3|x|/7)^2)``,
     train on [-7, 7], test on [-10, 10] (see the module docstring).
 
@@ -150,34 +163,12 @@ def toy_regression(
         >>> bool(ds.x_train.abs().max() <= 7.0), bool(ds.x_test.abs().max() > 7.0)
         (True, True)
     """
-    return _make_1d(
-        "toy-regression",
-        lambda x: x * np.sin(x),
-        toy_regression_noise_std,
-        (-7.0, 7.0),
-        (-10.0, 10.0),
-        n_train=n_train,
-        n_test=n_test,
-        n_ood=n_ood,
-        split=split,
-        seed=seed,
-        normalize=normalize,
-        dtype=dtype,
-        description="1-D y = x sin x with noise std 0.3 + 0.3|x|/7; train x in [-7, 7], test x in [-10, 10]",
-        source="synthetic (after DeepFindr, 'Uncertainty in Deep Learning' #2)",
-    )
+    return _make_1d(**_TOY_REGRESSION, n_train=n_train, n_test=n_test, n_ood=n_ood, split=split, seed=seed,
+                    normalize=normalize, dtype=dtype)
 
 
-def sinusoid(
-    *,
-    split: int = 0,
-    seed: int = 0,
-    normalize: bool = False,
-    dtype: torch.dtype = torch.float32,
-    n_train: int = 500,
-    n_test: int = 500,
-    n_ood: int = 200,
-) -> Dataset:
+def sinusoid(*, split: int = 0, seed: int = 0, normalize: bool = False, dtype: torch.dtype = torch.float32,
+             n_train: int = 500, n_test: int = 500, n_ood: int = 200) -> Dataset:
     r"""``y = sin x + N(0, 0.1^2)``, train on [-8, 8], test on [-12, 12].
 
     Example:
@@ -185,19 +176,5 @@ def sinusoid(
         >>> ds.x_train.shape, ds.train_range
         (torch.Size([100, 1]), (-8.0, 8.0))
     """
-    return _make_1d(
-        "sinusoid",
-        np.sin,
-        sinusoid_noise_std,
-        (-8.0, 8.0),
-        (-12.0, 12.0),
-        n_train=n_train,
-        n_test=n_test,
-        n_ood=n_ood,
-        split=split,
-        seed=seed,
-        normalize=normalize,
-        dtype=dtype,
-        description="1-D y = sin x with noise std 0.1; train x in [-8, 8], test x in [-12, 12]",
-        source="synthetic (after Valdenegro-Toro, uncertainty estimation talk, 2020)",
-    )
+    return _make_1d(**_SINUSOID, n_train=n_train, n_test=n_test, n_ood=n_ood, split=split, seed=seed,
+                    normalize=normalize, dtype=dtype)

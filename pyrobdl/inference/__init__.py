@@ -1,20 +1,17 @@
 """Inference algorithms. Each ``Algorithm(**settings).fit(model, x, y)`` returns a
 :class:`~pyrobdl.inference.base.Posterior` with one predictive interface."""
-from .base import Inference, Posterior, available_methods, fit, get_method, register_method
+from .base import Draws, Inference, Posterior, fit
+from .registry import available_methods, get_method, methods, register_method
 from .svi import FullRank, LowRank, MeanField, SVIPosterior
-from .baselines import (
-    DeepEnsemble,
-    DropConnectPosterior,
-    DropoutPosterior,
-    EnsemblePosterior,
-    MCDropConnect,
-    MCDropout,
-)
 from .mcmc import HMC, NUTS, MCMCPosterior
+from .dropout import DropConnectPosterior, DropoutPosterior, MCDropConnect, MCDropout
+from .ensemble import DeepEnsemble, EnsemblePosterior
 
 __all__ = [
     "Inference",
     "Posterior",
+    "Draws",
+    "methods",
     "SVIPosterior",
     "MeanField",
     "LowRank",

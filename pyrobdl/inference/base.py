@@ -1,165 +1,156 @@
-"""Base classes shared by every inference method: the fitted :class:`Posterior`
-with its one predictive interface, the :class:`Inference` algorithm, and the
-method registry behind :func:`pyrobdl.fit`."""
+"""Base classes shared by every inference method.
+
+* :class:`Inference` -- an algorithm with its settings. ``Inference(**settings).fit(model, x, y)``
+  is a template: it checks the model, seeds, wraps the data (:class:`Data`), copies the model
+  (the user's stays untouched) and calls the method's own :meth:`Inference._fit`, then checks
+  the result for silent failures (:func:`check_fit`).
+* :class:`Posterior` -- what ``fit`` returns, fitted from birth. Every posterior predicts the
+  same way (:meth:`Posterior.predict`), exports its draws the same way
+  (:meth:`Posterior.draws`, ``chains x draws``) and saves through :func:`pyrobdl.load`'s
+  registry (:meth:`Posterior.get_state` / :meth:`Posterior.from_state`).
+
+The method registry is :mod:`pyrobdl.inference.registry`.
+"""
 from __future__ import annotations
 
-import math
-import warnings
+import contextlib
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Iterator, Optional, Tuple, Type
 
+import pyro
 import torch
 
-from .._validation import check_inputs, check_positive_int
+from .._util import check_inputs, check_positive_int, check_seed, warn_user
 from ..network import BayesianNetwork
-from ..prediction import Prediction
+from ..prediction import ClassificationPrediction, Prediction, RegressionPrediction
+from . import registry as _registry
+from .registry import available_methods, get_method, register_method
 
 __all__ = [
     "Posterior",
     "Inference",
-    "NotFittedError",
+    "Draws",
+    "Data",
     "fit",
+    "check_fit",
+    "reset_bayesian_parameters",
     "get_method",
     "register_method",
     "available_methods",
+    "DEFAULT_NUM_DRAWS",
 ]
 
+#: draws a posterior without a fixed set of draws exports to ArviZ when not told
+DEFAULT_NUM_DRAWS = 1000
 
-class NotFittedError(ValueError, RuntimeError):
-    """Raised when a posterior is used before it has been fitted.
 
-    Example:
-        >>> import torch, torch.nn as nn
-        >>> from pyrobdl import BayesianNetwork, priors, likelihoods
-        >>> from pyrobdl.inference.svi import MeanField
-        >>> model = BayesianNetwork(nn.Linear(1, 1), prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
-        >>> try:
-        ...     Posterior(model).predict(torch.zeros(2, 1))
-        ... except NotFittedError as e:
-        ...     print(str(e)[:45])
-        this Posterior has not been fitted; call .fit
-        >>> post = MeanField(num_steps=2, progress=False).fit(model, torch.zeros(4, 1), torch.zeros(4))
-        >>> post.is_fitted
-        True
+@dataclass
+class Draws:
+    """Posterior draws laid out as ``chains x draws``, the protocol of
+    :func:`pyrobdl.diagnostics.to_arviz` and the diagnostics.
+
+    Attributes:
+        values: site name -> ``(chains, draws, *shape)``.
+        sample_stats: sampler statistics -> ``(chains, draws)`` (MCMC; empty otherwise).
+        markov_chains: whether the chains are Markov chains (R-hat and ESS apply).
     """
 
-_METHODS: Dict[str, Type["Inference"]] = {}
-_POSTERIORS: Dict[str, Type["Posterior"]] = {}
+    values: Dict[str, torch.Tensor]
+    sample_stats: Dict[str, torch.Tensor] = field(default_factory=dict)
+    markov_chains: bool = False
 
+    @property
+    def num_chains(self) -> int:
+        return int(next(iter(self.values.values())).shape[0])
 
-def register_method(cls: Type["Inference"]) -> Type["Inference"]:
-    """Class decorator: make an :class:`Inference` subclass available to
-    :func:`pyrobdl.fit` under its ``name`` (and ``aliases``).
+    @property
+    def num_draws(self) -> int:
+        return int(next(iter(self.values.values())).shape[1])
 
-    Example::
-
-        @register_method
-        class PriorOnly(Inference):          # the class of the Inference example
-            name = "prior-only"
-            aliases = ("prior",)
-            ...
-
-        posterior = pyrobdl.fit(model, x, y, method="prior-only")
-    """
-    for key in (cls.name,) + tuple(getattr(cls, "aliases", ())):
-        _METHODS[key] = cls
-    return cls
-
-
-def available_methods() -> list:
-    """Names accepted by ``pyrobdl.fit(..., method=...)`` (aliases such as
-    ``"mfvi"`` are accepted too, but not listed).
-
-    Example:
-        >>> import pyrobdl
-        >>> {"mean-field", "low-rank", "full-rank", "ensemble"} <= set(pyrobdl.available_methods())
-        True
-    """
-    return sorted(k for k, v in _METHODS.items() if k == v.name)
-
-
-def get_method(name: str) -> Type["Inference"]:
-    """The :class:`Inference` class registered under ``name`` or one of its
-    aliases (case-insensitive; ``_`` and ``-`` are the same).
-
-    Raises:
-        ValueError: for an unknown name (the message lists the known ones).
-
-    Example:
-        >>> get_method("mean_field").__name__, get_method("MFVI").__name__
-        ('MeanField', 'MeanField')
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"method must be a string, got {type(name).__name__}")
-    key = name.strip().lower().replace("_", "-")
-    if key not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(available_methods())}")
-    return _METHODS[key]
+    def flat(self) -> Dict[str, torch.Tensor]:
+        """Site -> ``(chains * draws, *shape)``."""
+        return {k: v.reshape((-1,) + tuple(v.shape[2:])) for k, v in self.values.items()}
 
 
 class Posterior:
     r"""A fitted posterior (or posterior-like ensemble) over a
-    :class:`~pyrobdl.BayesianNetwork`'s latent variables.
+    :class:`~pyrobdl.BayesianNetwork`'s latent variables; returned by
+    :meth:`Inference.fit`, fitted from birth.
 
-    Subclasses implement :meth:`sample_latents` and the ``_state``/``_from_state``
-    pair used by :meth:`save` / :func:`pyrobdl.load`; they set the class
-    attribute ``method`` (the name :func:`pyrobdl.fit` knows them by), which
-    also registers them for loading.
-
-    Every posterior predicts the same way: :meth:`predict` draws
-    :math:`\theta_s \sim q(\theta)` (variational), takes MCMC draws or ensemble
-    members, and returns the predictive mixture
+    Every posterior predicts the same way: :meth:`predict` takes
+    :math:`S` predictive samples -- draws :math:`\theta_s \sim q(\theta)`, MCMC draws,
+    dropout masks or ensemble members -- and returns the predictive mixture
     :math:`p(y\mid x) \approx \frac1S\sum_s p(y\mid f_{\theta_s}(x))`.
 
+    A subclass implements:
+
+    * :meth:`sample_latents` -- draws of every latent site (the default
+      :meth:`sample_outputs` pushes them through the network in batched, chunked passes);
+      or :meth:`sample_outputs` itself, when a predictive sample is not a set of latent
+      values (dropout masks act on activations);
+    * :meth:`get_state` / :meth:`from_state` -- plain data for :meth:`save` and
+      :func:`pyrobdl.load`;
+    * the class attribute ``method``: the name under which :func:`pyrobdl.load` finds the
+      class (setting it registers the class).
+
     Example:
-        A posterior that is just the prior (see :class:`Inference` for the
-        algorithm that returns it):
+        A posterior that is just the prior (see :class:`Inference` for the algorithm):
 
         >>> class PriorPosterior(Posterior):
+        ...     method = "doc-prior-only"
         ...     def sample_latents(self, num_samples):
         ...         return {name: site.prior.sample((num_samples,))
         ...                 for name, site in self.model.latent_sites().items()}
+        ...     def get_state(self):
+        ...         return {}
+        ...     @classmethod
+        ...     def from_state(cls, model, state):
+        ...         return cls(model)
     """
 
+    #: the name :func:`pyrobdl.load` finds the class by (setting it registers the class)
     method: ClassVar[str] = ""
-    #: default number of predictive samples when predict() is not told
+    #: default number of predictive samples when ``predict`` is not told (``None``: all of a
+    #: fixed set, e.g. every ensemble member)
     default_num_samples: ClassVar[Optional[int]] = 100
+    #: whether :meth:`draws` come from Markov chains (convergence diagnostics apply)
+    markov_chains: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("method"):
-            _POSTERIORS[cls.method] = cls
+            _registry.register_posterior(cls)
 
     def __init__(self, model: BayesianNetwork):
         if not isinstance(model, BayesianNetwork):
             raise TypeError(f"model must be a pyrobdl.BayesianNetwork, got {type(model).__name__}")
         self.model = model
         self.fit_info: Dict[str, Any] = {}
-        self._fitted = False
 
     # -- to implement ---------------------------------------------------------
-    def sample_latents(self, num_samples: int) -> Dict[str, torch.Tensor]:
+    def sample_latents(self, num_samples: Optional[int]) -> Dict[str, torch.Tensor]:
         """Draw ``num_samples`` values of every latent site: site -> ``(S, *shape)``."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement sample_latents(num_samples); implement it "
+            "(site -> (S, *shape) draws) or sample_outputs(x, num_samples, ...)"
+        )
 
-    def _state(self) -> Dict[str, Any]:
-        raise NotImplementedError
+    def get_state(self) -> Dict[str, Any]:
+        """Plain data (tensors, numbers, strings, lists, dicts) from which :meth:`from_state`
+        rebuilds this posterior; the network's own state is saved beside it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be saved: implement get_state() (plain data) and the "
+            "classmethod from_state(model, state) to rebuild it"
+        )
 
     @classmethod
-    def _from_state(cls, model: BayesianNetwork, state: Dict[str, Any]) -> "Posterior":
-        raise NotImplementedError
+    def from_state(cls, model: BayesianNetwork, state: Dict[str, Any]) -> "Posterior":
+        """Rebuild a posterior of ``model`` from :meth:`get_state`'s data."""
+        raise NotImplementedError(
+            f"{cls.__name__} cannot be loaded: implement the classmethod from_state(model, state)"
+        )
 
     # -- common API ------------------------------------------------------------
-    @property
-    def is_fitted(self) -> bool:
-        return self._fitted
-
-    def _check_fitted(self) -> None:
-        if not self._fitted:
-            raise NotFittedError(
-                f"this {type(self).__name__} has not been fitted; call .fit(model, x, y) on the "
-                "inference object (or pyrobdl.fit) and predict with the posterior it returns"
-            )
-
     @property
     def device(self) -> torch.device:
         return self.model.device
@@ -168,6 +159,31 @@ class Posterior:
         """Move the posterior (network and variational parameters) to ``device``."""
         self.model.to(device)
         return self
+
+    def prepare_inputs(self, x) -> torch.Tensor:
+        """Checked inputs as a tensor of the network's dtype; the posterior moves to their
+        device (everything follows the device of the inputs)."""
+        x = check_inputs(x, "x")
+        if x.device != self.device:
+            self.to(x.device)
+        if x.dtype != self.model.dtype:
+            x = x.to(self.model.dtype)
+        return x
+
+    def sample_outputs(
+        self,
+        x: torch.Tensor,
+        num_samples: Optional[int],
+        *,
+        chunk_size: Optional[int] = None,
+        max_memory: Optional[int] = None,
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Network outputs ``(S, N, k)`` for ``S`` predictive samples at checked inputs ``x``,
+        and the likelihood's latents ``{short name: (S, ...)}``. The default draws
+        :meth:`sample_latents` and runs them through
+        :meth:`~pyrobdl.BayesianNetwork.outputs_from_samples`."""
+        samples = self.sample_latents(num_samples)
+        return self.model.outputs_from_samples(x, samples, chunk_size=chunk_size, max_memory=max_memory)
 
     def predict(
         self,
@@ -179,31 +195,42 @@ class Posterior:
     ) -> Prediction:
         r"""Posterior predictive at inputs ``x``.
 
-        Draws ``num_samples`` latent samples :math:`\theta_s` and runs them
-        through the network in batched passes (chunked so one pass's
-        activations stay under ``max_memory`` bytes), returning a
-        :class:`~pyrobdl.prediction.RegressionPrediction` or
-        :class:`~pyrobdl.prediction.ClassificationPrediction`.
-
-        The posterior moves to ``x``'s device.
+        Takes ``num_samples`` predictive samples (default :attr:`default_num_samples`) and runs
+        them through the network in batched passes (chunked so one pass's activations stay
+        under ``max_memory`` bytes, default 512 MiB; ``chunk_size`` fixes the samples per
+        pass), returning a :class:`~pyrobdl.prediction.RegressionPrediction` or
+        :class:`~pyrobdl.prediction.ClassificationPrediction`. The posterior moves to
+        ``x``'s device.
         """
-        self._check_fitted()
-        x = check_inputs(x, "x")
-        if x.device != self.device:
-            self.to(x.device)
-        if x.dtype != self.model.dtype:
-            x = x.to(self.model.dtype)
+        x = self.prepare_inputs(x)
         if num_samples is None:
             num_samples = self.default_num_samples
-        num_samples = check_positive_int(num_samples, "num_samples") if num_samples is not None else None
-        samples = self.sample_latents(num_samples)
-        return self.model.predict_from_samples(x, samples, chunk_size=chunk_size, max_memory=max_memory)
+        if num_samples is not None:
+            num_samples = check_positive_int(num_samples, "num_samples")
+        if chunk_size is not None:
+            chunk_size = check_positive_int(chunk_size, "chunk_size")
+        if max_memory is not None:
+            max_memory = check_positive_int(max_memory, "max_memory")
+        out, lats = self.sample_outputs(x, num_samples, chunk_size=chunk_size, max_memory=max_memory)
+        return self.model.likelihood.prediction(out, lats)
+
+    def draws(self, num_samples: Optional[int] = None) -> Draws:
+        """Posterior draws as ``chains x draws`` (:class:`Draws`), for ArviZ and the
+        diagnostics. The default is one chain of ``num_samples`` draws of
+        :meth:`sample_latents` (``DEFAULT_NUM_DRAWS`` when not told, or the whole fixed set
+        of a posterior whose ``default_num_samples`` is ``None``); MCMC posteriors return
+        their chains."""
+        if num_samples is None:
+            n = None if self.default_num_samples is None else DEFAULT_NUM_DRAWS
+        else:
+            n = check_positive_int(num_samples, "num_samples")
+        flat = self.sample_latents(n)
+        return Draws({k: v.unsqueeze(0) for k, v in flat.items()}, {}, self.markov_chains)
 
     def save(self, path) -> None:
         """Save to ``path`` (state dicts and plain data only; see :func:`pyrobdl.load`)."""
         from ..serialization import save_posterior
 
-        self._check_fitted()
         save_posterior(self, path)
 
     def to_arviz(self, x=None, y=None, *, num_samples: Optional[int] = None):
@@ -215,17 +242,32 @@ class Posterior:
         return to_arviz(self, x, y, num_samples=num_samples)
 
     def __repr__(self) -> str:
-        status = "fitted" if self._fitted else "not fitted"
-        return f"{type(self).__name__}({status}, {self.model.num_bayesian_parameters} weights)"
+        return f"{type(self).__name__}({self.model.num_bayesian_parameters} weights)"
 
 
 class Inference:
     """Base class of inference algorithms: ``Inference(**settings).fit(model, x, y)``
     returns a :class:`Posterior`.
 
-    Subclasses set ``name`` (and optionally ``aliases``) and implement
-    :meth:`fit`; :func:`register_method` makes them available to
-    :func:`pyrobdl.fit`.
+    :meth:`fit` is a template shared by every method: it checks ``model``, seeds the
+    random number generators, wraps ``(x, y)`` or a DataLoader in :class:`Data`, works on
+    a copy of the model on the data's device (the user's model is never modified), calls
+    the method's :meth:`_fit` and finally checks the fit for silent failures
+    (:func:`check_fit`). A subclass sets ``name`` (and optionally ``aliases`` and the
+    hints below), implements :meth:`_fit`, and is made available to :func:`pyrobdl.fit`
+    and ``pyrobdl compare`` by :func:`~pyrobdl.inference.registry.register_method`.
+
+    **The seed rule.** ``seed`` (every method takes it) seeds Pyro's, torch's, numpy's and
+    Python's generators before anything random happens, and when it is given the network's
+    Bayesian parameters are first re-drawn from their layers' own initialisation
+    (:func:`reset_bayesian_parameters`), so a seeded fit depends only on the seed, the
+    architecture, the data and the settings -- not on when or how the network was built.
+    Without a seed, methods that start from the network's weights (SVI, dropout,
+    DropConnect, the first ensemble member) start from the weights as built.
+
+    Args:
+        seed: ``None`` or an integer in ``[0, 2**32)``.
+        progress: show a progress bar.
 
     Example:
         A (useless) method that returns the prior as the posterior:
@@ -237,28 +279,176 @@ class Inference:
         ...         return {name: site.prior.sample((num_samples,))
         ...                 for name, site in self.model.latent_sites().items()}
         >>> class PriorOnly(Inference):
-        ...     name = "prior-only"
-        ...     def fit(self, model, x=None, y=None):
-        ...         post = PriorPosterior(model)
-        ...         post._fitted = True
-        ...         return post
+        ...     name = "doc-prior-only"
+        ...     def _fit(self, model, data):
+        ...         return PriorPosterior(model)
         >>> model = BayesianNetwork(nn.Linear(1, 1), prior=priors.Normal(0.0, 1.0),
         ...                         likelihood=likelihoods.Gaussian(scale=0.1))
-        >>> pred = PriorOnly().fit(model).predict(torch.zeros(4, 1), num_samples=10)
+        >>> x = torch.randn(8, 1)
+        >>> pred = PriorOnly(seed=0).fit(model, x, 2 * x[:, 0]).predict(torch.zeros(4, 1), num_samples=10)
         >>> pred.mean.shape, pred.num_samples
         (torch.Size([4]), 10)
     """
 
     name: ClassVar[str] = ""
     aliases: ClassVar[Tuple[str, ...]] = ()
+    #: the family of methods (``"svi"``, ``"mcmc"``, ``"dropout"``, ``"ensemble"``, ...)
+    family: ClassVar[str] = ""
+    #: the largest network (Bayesian weights) ``pyrobdl compare`` runs the method on unless
+    #: it is asked for by name (``None``: no limit)
+    max_weights: ClassVar[Optional[int]] = None
+    #: whether ``pyrobdl compare`` fits, on regression benchmark data, a network with a
+    #: per-input variance head (``HeteroscedasticGaussian``) for this method; see
+    #: the docs page "How the defaults were chosen"
+    variance_head: ClassVar[bool] = False
+    #: advice :func:`check_fit` adds when the fitted posterior has no epistemic spread
+    collapse_hint: ClassVar[str] = ""
+
+    def __init__(self, *, seed: Optional[int] = None, progress: bool = True):
+        self.seed = check_seed(seed)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be True or False, got {progress!r}")
+        self.progress = progress
 
     def fit(self, model: BayesianNetwork, x=None, y=None) -> Posterior:
-        raise NotImplementedError
+        """Fit ``model`` to ``(x, y)`` tensors (or arrays) or to a DataLoader of ``(x, y)``
+        batches passed as ``x``; returns the fitted :class:`Posterior`."""
+        if not isinstance(model, BayesianNetwork):
+            raise TypeError(
+                f"model must be a pyrobdl.BayesianNetwork, got {type(model).__name__}; wrap a torch "
+                "network with pyrobdl.BayesianNetwork(net, prior=..., likelihood=...)"
+            )
+        if self.seed is not None:
+            pyro.set_rng_seed(self.seed)
+        data = Data(model, x, y)
+        work = model.fresh_copy().to(data.device)
+        if self.seed is not None:
+            reset_bayesian_parameters(work)
+        posterior = self._fit(work, data)
+        if not isinstance(posterior, Posterior):
+            raise TypeError(f"{type(self).__name__}._fit must return a Posterior, got {type(posterior).__name__}")
+        posterior.fit_info.setdefault("method", self.name)
+        check_fit(posterior, data, hint=self.collapse_hint)
+        return posterior
+
+    def _fit(self, model: BayesianNetwork, data: "Data") -> Posterior:
+        """The method itself: fit ``model`` (the template's own copy, on the data's device,
+        already seeded) to ``data`` and return the posterior."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _fit(model, data)")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(seed={self.seed!r})"
+
+
+# ---------------------------------------------------------------------------- seed rule
+def reset_bayesian_parameters(model: BayesianNetwork) -> None:
+    """Re-draw the Bayesian parameters of ``model`` with their layers' own
+    ``reset_parameters()`` (the initialisation torch gives a new layer), under the current
+    random state. Deterministic parameters (normalisation layers, a frozen feature
+    extractor) and buffers are kept. Layers without ``reset_parameters`` keep their values.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork
+        >>> model = BayesianNetwork(nn.Linear(3, 2))
+        >>> _ = torch.manual_seed(0); reset_bayesian_parameters(model); w0 = model.net.weight.clone()
+        >>> _ = torch.manual_seed(0); reset_bayesian_parameters(model)
+        >>> torch.equal(w0, model.net.weight)
+        True
+    """
+    bayes = set(model.bayesian_parameters)
+    with torch.no_grad():
+        for mname, module in model.net.named_modules():
+            own = [(n, f"{mname}.{n}" if mname else n, p) for n, p in module.named_parameters(recurse=False)]
+            reset = getattr(module, "reset_parameters", None)
+            if not own or not callable(reset) or not any(full in bayes for _, full, _ in own):
+                continue
+            keep = {n: p.detach().clone() for n, full, p in own if full not in bayes}
+            buffers = {n: b.detach().clone() for n, b in module.named_buffers(recurse=False) if b is not None}
+            reset()
+            params = dict(module.named_parameters(recurse=False))
+            for n, v in keep.items():
+                params[n].copy_(v)
+            for n, b in module.named_buffers(recurse=False):
+                if n in buffers:
+                    b.copy_(buffers[n])
+
+
+# ---------------------------------------------------------------------------- fit checks
+#: rows of the training data :func:`check_fit` predicts on, and predictive samples it draws
+CHECK_ROWS = 512
+CHECK_SAMPLES = 32
+#: :func:`check_fit` warns when the learned noise is below this fraction of the residual std
+NOISE_RATIO_WARNING = 1.0 / 3.0
+
+
+def check_fit(posterior: Posterior, data: "Data", *, hint: str = "") -> Dict[str, float]:
+    r"""Look for the silent failures of a fit on (up to ``CHECK_ROWS``) training rows and
+    warn, pointing at the user's line:
+
+    * **no epistemic spread**: every predictive sample gives the same function (e.g. MC
+      dropout whose weight decay drove the weights to zero) -- the predictive then claims
+      certainty it does not have;
+    * **noise far below the residuals**: the likelihood's learned noise (RMS of the
+      aleatoric std) is below ``NOISE_RATIO_WARNING`` times the training residual std
+      :math:`\sqrt{\overline{(y-\hat y)^2}}` -- the noise has not reached the residual scale
+      (too few steps or too small a learning rate), so intervals are too narrow even on the
+      training data.
+
+    The random state is restored afterwards, so the check does not change what the user
+    draws next. Returns the measured quantities (stored in ``posterior.fit_info["checks"]``).
+    """
+    x, y = data.sample(CHECK_ROWS)
+    if x is None:
+        return {}
+    rng_devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
+        S = posterior.default_num_samples
+        pred = posterior.predict(x, num_samples=None if S is None else min(S, CHECK_SAMPLES))
+    checks: Dict[str, float] = {}
+    name = type(posterior).__name__
+    if pred.num_samples > 1:
+        if isinstance(pred, RegressionPrediction):
+            spread = float(pred.epistemic_variance.max())
+        elif isinstance(pred, ClassificationPrediction):
+            p = pred.probs_samples
+            spread = float((p - p.mean(0, keepdim=True)).abs().max())
+        else:  # pragma: no cover - a user prediction class
+            spread = float("nan")
+        checks["epistemic_spread"] = spread
+        if spread == 0.0:
+            warn_user(
+                f"the fitted {name} has no epistemic spread: all {pred.num_samples} predictive samples give "
+                "the same function on the training inputs, so its uncertainty is only the likelihood's noise. "
+                + (hint or "Check the method's settings (regularisation, learning rate, number of steps).")
+            )
+    lik = posterior.model.likelihood
+    if isinstance(pred, RegressionPrediction) and getattr(lik, "learns_noise", False) and y is not None:
+        yy = y.reshape(pred.mean.shape).to(pred.mean.dtype)
+        resid = float((yy - pred.mean).pow(2).mean().sqrt())
+        noise = float(pred.aleatoric_variance.mean().sqrt())
+        checks.update(residual_std=resid, noise_std=noise)
+        if resid > 0 and noise < NOISE_RATIO_WARNING * resid:
+            warn_user(
+                f"the fitted {name}'s learned noise (std {noise:.3g}) is far below the training residual std "
+                f"({resid:.3g}): the noise has not reached the residual scale, so predictive intervals are too "
+                "narrow. Train longer (num_steps/epochs) or with a larger lr, or start the noise nearer the data's "
+                "scale (e.g. likelihoods.Gaussian(init=...))."
+            )
+    posterior.fit_info["checks"] = checks
+    return checks
 
 
 # ---------------------------------------------------------------------------- data
 class Data:
-    """Full-batch tensors or a DataLoader behind one interface."""
+    """Full-batch tensors or a DataLoader behind one interface.
+
+    Attributes:
+        x, y: the checked tensors (``None`` for a DataLoader).
+        loader: the DataLoader (``None`` for tensors).
+        num_data: the dataset size :math:`N`.
+        device: the device of the data (the fit runs there).
+    """
 
     def __init__(self, model: BayesianNetwork, x, y):
         self.loader = None
@@ -271,9 +461,10 @@ class Data:
             except TypeError as e:
                 raise ValueError("the DataLoader's dataset must have a length (the dataset size N)") from e
             xb, yb = self._unpack(next(iter(x)))
-            xb, _ = model.check_data(xb, yb)
+            xb, yb = model.check_data(xb, yb)
             self.device = xb.device
             self.x, self.y = None, None
+            self._first = (xb, yb)
         else:
             if x is None or y is None:
                 raise ValueError("fit needs inputs x and targets y (or a DataLoader yielding (x, y) batches)")
@@ -287,6 +478,18 @@ class Data:
         if not isinstance(batch, (list, tuple)) or len(batch) != 2:
             raise ValueError("the DataLoader must yield (x, y) pairs")
         return batch
+
+    def sample(self, rows: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Up to ``rows`` training rows (evenly spaced; the first batch of a DataLoader)."""
+        if self.loader is not None:
+            xb, yb = self._first
+            return xb[:rows], yb[:rows]
+        if self.x is None:
+            return None, None
+        if self.num_data <= rows:
+            return self.x, self.y
+        idx = torch.linspace(0, self.num_data - 1, rows, device=self.x.device).long()
+        return self.x[idx], self.y[idx]
 
     def batches(self, model: BayesianNetwork, batch_size: Optional[int], generator=None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Endless stream of (x, y) batches on the data's device."""
@@ -327,13 +530,18 @@ class Data:
             return 1
         return self.num_data // batch_size
 
+    def num_steps(self, num_steps: int, epochs: Optional[int], batch_size: Optional[int]) -> int:
+        """``num_steps``, or ``epochs`` passes over the data in batches of ``batch_size``."""
+        return num_steps if epochs is None else epochs * self.steps_per_epoch(batch_size)
+
 
 def fit(model: BayesianNetwork, x=None, y=None, *, method: str = "mean-field", **options) -> Posterior:
     """Fit ``model`` to data with the inference method named ``method``.
 
     ``pyrobdl.fit(model, x, y, method="mean-field", num_steps=2000)`` is
     ``inference.MeanField(num_steps=2000).fit(model, x, y)``. Known names:
-    see :func:`available_methods`.
+    see :func:`~pyrobdl.inference.registry.available_methods`. With no options every
+    method uses its measured defaults (see the docs page "How the defaults were chosen").
 
     Example::
 
@@ -346,21 +554,3 @@ def fit(model: BayesianNetwork, x=None, y=None, *, method: str = "mean-field", *
     except TypeError as e:
         raise TypeError(f"invalid option for method {method!r}: {e}") from None
     return algo.fit(model, x, y)
-
-
-def _ema(old: Optional[float], new: float, beta: float = 0.98) -> float:
-    return new if old is None or not math.isfinite(old) else beta * old + (1 - beta) * new
-
-
-def warn_user(message: str, category=UserWarning) -> None:
-    """Warn pointing at the user's line (outside pyrobdl)."""
-    import inspect
-    import os
-
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    level = 1
-    frame = inspect.currentframe()
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
-        frame = frame.f_back
-        level += 1
-    warnings.warn(message, category, stacklevel=level)

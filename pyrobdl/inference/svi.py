@@ -1,11 +1,12 @@
-r"""Stochastic variational inference with Pyro's autoguides.
+r"""Stochastic variational inference with Pyro's ``AutoContinuous`` Gaussian guides.
 
-Three Gaussian families over the (unconstrained) latent variables :math:`z`:
+Three Gaussian families over the flat vector :math:`z` of the (unconstrained) latent
+variables (laid out by :class:`~pyrobdl.inference.flat.FlatLayout`):
 
 ==================  ===================================================  =================================
 class               :math:`q(z)`                                         Pyro guide
 ==================  ===================================================  =================================
-:class:`MeanField`  :math:`\prod_i \mathcal N(z_i;\mu_i,\sigma_i^2)`     ``AutoNormal``
+:class:`MeanField`  :math:`\prod_i \mathcal N(z_i;\mu_i,\sigma_i^2)`     ``AutoDiagonalNormal``
 :class:`LowRank`    :math:`\mathcal N(\mu, WW^\top + D)`, rank r         ``AutoLowRankMultivariateNormal``
 :class:`FullRank`   :math:`\mathcal N(\mu, LL^\top)`                     ``AutoMultivariateNormal``
 ==================  ===================================================  =================================
@@ -19,23 +20,31 @@ All maximise the evidence lower bound
 
 an unbiased estimate of the full-data ELBO for a minibatch :math:`\mathcal B` of
 size :math:`B` out of :math:`N`. The guide *is* the Pyro autoguide (``posterior.guide``
-works with :class:`pyro.infer.Predictive`, ``SVI`` and ``poutine``), but pyrobdl
-evaluates its ELBO without Pyro's per-step tracing: the guide's parameters are
-read directly, all particles go through the network in one batched pass, and
-for Gaussian priors the terms :math:`\mathbb E_q[\log p(z)]` and :math:`\mathbb H[q]`
-are computed in closed form (``kl="analytic"``, the default; ``kl="mc"`` uses
-the single-sample estimate of :math:`\mathbb E_q[\log p(z)]` instead). The
-estimator is checked against Pyro's ``Trace_ELBO`` in the tests.
+works with :class:`pyro.infer.Predictive`, ``SVI`` and ``poutine``), and its own leaf
+tensors (the flat ``loc`` and ``scale`` vectors, plus ``cov_factor`` or ``scale_tril``)
+are what Adam trains; but pyrobdl evaluates the ELBO without Pyro's per-step tracing:
+the leaves are read directly (not through the param store), all particles go through
+the network in one batched pass, and for Gaussian priors the terms
+:math:`\mathbb E_q[\log p(z)]` and :math:`\mathbb H[q]` are computed in closed form
+(``kl="analytic"``, the default; ``kl="mc"`` uses the single-sample estimate of
+:math:`\mathbb E_q[\log p(z)]` instead). The estimator is checked against Pyro's
+``Trace_ELBO`` in the tests.
 
 Mean-field also offers lower-variance gradient estimators for
-:class:`~torch.nn.Linear` and convolution layers (``estimator=``):
+:class:`~torch.nn.Linear` and convolution layers (``estimator=``), on the layers' slices
+of the flat ``loc`` and ``scale``:
 
 - ``"local"`` — local reparameterisation (Kingma, Salimans & Welling, 2015):
   sample pre-activations :math:`\mathcal N(x\mu_W^\top, x^2\sigma_W^{2\top})`
-  instead of weights, independently for every example.
+  instead of weights, independently for every example (the default where the
+  network allows it, ``estimator="auto"``).
 - ``"flipout"`` (Wen et al., 2018): one weight perturbation
   :math:`\Delta W` shared by the batch, decorrelated per example by random
   sign flips, :math:`x\mu_W^\top + ((x\circ s)\Delta W^\top)\circ r`.
+
+The likelihood's latents (a learned noise scale) train with the learning rate
+:math:`\max(\text{lr}, \text{LIKELIHOOD\_LR})` (see :mod:`pyrobdl.inference.optim`), so
+the noise reaches the residual scale at any ``lr``.
 
 References:
     * Blundell, Cornebise, Kavukcuoglu & Wierstra (2015). *Weight Uncertainty
@@ -52,266 +61,128 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
 from pyro.infer import autoguide
 from pyro.infer.autoguide.initialization import init_to_median
 from torch import nn
-from torch.distributions import biject_to, transform_to
-from tqdm.auto import tqdm
+from torch.distributions import transform_to
 
-from .._validation import check_positive_float, check_positive_int
-from ..network import BayesianNetwork, _chain_forward
-from .base import Data, Inference, Posterior, _ema, register_method
+from .._util import check_positive_float, check_positive_int
+from ..network import BayesianNetwork
+from .base import Data, Inference, Posterior
+from .flat import FlatLayout
+from .optim import slice_learning_rates, train
+from .registry import register_method
 
-__all__ = ["MeanField", "LowRank", "FullRank", "SVIPosterior"]
+__all__ = ["MeanField", "LowRank", "FullRank", "SVIPosterior", "GaussianGuide", "init_to_network"]
 
 _guide_counter = itertools.count()
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def init_to_network(model: BayesianNetwork):
+def init_to_network(model: BayesianNetwork, y: Optional[torch.Tensor] = None):
     """Autoguide ``init_loc_fn``: weight sites start at the network's own
-    initialisation; the likelihood's latents at its ``latent_init()`` (e.g. a
-    small noise scale), others at their prior median."""
-    inverse = {site: pname for pname, site in model._site_of.items()}
+    initialisation; the likelihood's latents at its ``latent_init(y)`` (e.g. a noise
+    scale relative to the spread of the training targets ``y``), others at their prior
+    median."""
+    sites = model.latent_sites()
     named = dict(model.net.named_parameters())
-    lat_init = {model._latent_site_of[k]: v for k, v in model.likelihood.latent_init().items() if k in model._latent_site_of}
+    lat_init = model.likelihood.latent_init(y)
 
     def init_fn(site):
-        pname = inverse.get(site["name"])
-        if pname is not None:
-            return named[pname].detach().clone()
-        if site["name"] in lat_init:
+        s = sites.get(site["name"])
+        if s is not None and s.param is not None:
+            return named[s.param].detach().clone()
+        if s is not None and s.latent in lat_init:
             ref = site["fn"].sample()
-            return torch.as_tensor(lat_init[site["name"]], dtype=ref.dtype, device=ref.device).expand(ref.shape).clone()
+            return torch.as_tensor(lat_init[s.latent], dtype=ref.dtype, device=ref.device).expand(ref.shape).clone()
         return init_to_median(site)
 
     return init_fn
 
 
-def _constrained(module: nn.Module, name: str) -> torch.Tensor:
-    """Value of a guide parameter, read without Pyro's param-store round trip."""
-    params = module.__dict__.get("_pyro_params", {})
-    if name in params:
-        constraint = params[name][0]
-        return transform_to(constraint)(module._parameters[name + "_unconstrained"])
-    return module._parameters[name]
+# ----------------------------------------------------------------------------- the guide's leaves
+class GaussianGuide:
+    r"""A fitted (or set-up) Pyro ``AutoContinuous`` Gaussian guide read as tensors.
 
+    ``AutoDiagonalNormal`` (``"mean-field"``), ``AutoLowRankMultivariateNormal``
+    (``"low-rank"``) and ``AutoMultivariateNormal`` (``"full-rank"``) keep one flat
+    ``loc`` over the latent vector and a flat scale (plus ``cov_factor`` or
+    ``scale_tril``). This adapter reads those leaf tensors through the module's own
+    parameters -- ``guide.loc`` on a :class:`~pyro.nn.PyroModule` costs a trip through
+    its attribute machinery and, inside a Pyro context, the param store -- and gives the
+    moments of :math:`q` and reparameterised draws.
 
-def _raw_parameters(module: nn.Module) -> List[nn.Parameter]:
-    return [p for p in module.parameters()]
-
-
-# ----------------------------------------------------------------------------- guide adapters
-class _Layout:
-    """Flat layout of the guide's latent vector: per site (name, shape, slice, transform)."""
-
-    def __init__(self, model: BayesianNetwork, guide, shapes: Dict[str, torch.Size]):
-        sites = model.latent_sites()
-        self.entries = []
-        off = 0
-        for name, site in guide.prototype_trace.iter_stochastic_nodes():
-            ushape = torch.Size(shapes[name])
-            n = int(math.prod(ushape))
-            t = biject_to(site["fn"].support)
-            ls = sites[name].gaussian if name in sites else None
-            support = site["fn"].support
-            base = getattr(support, "base_constraint", support)  # unwrap independent(real, k)
-            real = base is dist.constraints.real or base == dist.constraints.real
-            self.entries.append((name, ushape, off, n, None if real else t, ls))
-            off += n
-        self.dim = off
-        dev, dt = model.device, model.dtype
-        g_idx, m0, s0, groups = [], [], [], []
-        self.gauss_names = []
-        for name, ushape, o, n, t, ls in self.entries:
-            if t is None and ls is not None:
-                groups.append(torch.full((n,), len(self.gauss_names), dtype=torch.long))
-                self.gauss_names.append(name)
-                g_idx.append(torch.arange(o, o + n))
-                m0.append(torch.full((n,), float(ls[0])))
-                s0.append(torch.full((n,), float(ls[1])))
-        if g_idx:
-            idx = torch.cat(g_idx)
-            self.gauss_slice = slice(int(idx[0]), int(idx[-1]) + 1) if bool((idx == torch.arange(int(idx[0]), int(idx[0]) + len(idx))).all()) else None
-            self.gauss_idx = idx.to(dev)
-            self.prior_loc = torch.cat(m0).to(dev, dt)
-            self.prior_scale = torch.cat(s0).to(dev, dt)
-            self.prior_log_scale_sum = float(self.prior_scale.log().sum())
-            self.prior_inv_var = self.prior_scale.pow(-2)
-            self.n_gauss = len(idx)
-            self.group = torch.cat(groups).to(dev)
-            self.group_size = torch.bincount(self.group).to(dt)
-        else:
-            self.gauss_slice, self.gauss_idx, self.n_gauss = None, None, 0
-        self.gauss_sites = {name for name, _, _, _, t, ls in self.entries if t is None and ls is not None}
-
-    def gather(self, v: torch.Tensor) -> torch.Tensor:
-        return v[..., self.gauss_slice] if self.gauss_slice is not None else v[..., self.gauss_idx]
-
-    def unpack(self, z: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor], torch.Tensor]:
-        """z (P, D) -> (constrained values, unconstrained values, log|det J| (P,))."""
-        P = z.shape[0]
-        values, raw = {}, {}
-        logdet = z.new_zeros(P)
-        for name, ushape, o, n, t, _ in self.entries:
-            u = z[:, o : o + n].reshape((P,) + ushape)
-            raw[name] = u
-            if t is None:
-                values[name] = u
-            else:
-                c = t(u)
-                values[name] = c
-                ld = t.log_abs_det_jacobian(u, c)
-                logdet = logdet + ld.reshape(P, -1).sum(-1)
-        return values, raw, logdet
-
-
-class _MeanFieldAdapter:
-    def __init__(self, guide: autoguide.AutoNormal, layout: _Layout):
-        self.guide, self.layout = guide, layout
-        self.loc_modules = []
-        for name, *_ in layout.entries:
-            parent_l, leaf = self._parent(guide.locs, name)
-            parent_s, _ = self._parent(guide.scales, name)
-            self.loc_modules.append((parent_l, parent_s, leaf))
-        self._index = {e[0]: i for i, e in enumerate(layout.entries)}
-
-    @staticmethod
-    def _parent(module, name):
-        *path, leaf = name.split(".")
-        for p in path:
-            module = getattr(module, p) if p in module._modules else module._modules[p]
-        return module, leaf
-
-    #: while training, a :class:`_FlatMeanField` whose two flat vectors stand in for the guide's
-    #: per-site parameters (``None`` otherwise)
-    flat: Optional["_FlatMeanField"] = None
-
-    def loc_scale(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self.flat is not None:
-            return self.flat.loc_scale()
-        locs = [_constrained(pl, leaf).reshape(-1) for pl, ps, leaf in self.loc_modules]
-        scales = [_constrained(ps, leaf).reshape(-1) for pl, ps, leaf in self.loc_modules]
-        return torch.cat(locs), torch.cat(scales)
-
-    def site_loc_scale(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        if self.flat is not None:
-            return self.flat.site_loc_scale(self._index[name])
-        pl, ps, leaf = self.loc_modules[self._index[name]]
-        return _constrained(pl, leaf), _constrained(ps, leaf)
-
-    def moments(self, P: int, *, sample: bool = True):
-        loc, scale = self.loc_scale()
-        z = loc + scale * torch.randn((P,) + loc.shape, dtype=loc.dtype, device=loc.device) if sample else None
-        entropy = scale.log().sum() + 0.5 * loc.numel() * (1 + _LOG_2PI)
-        return z, entropy, loc, scale.pow(2)
-
-
-class _FlatMeanField:
-    r"""The parameters of an ``AutoNormal`` guide as two flat leaf vectors, for training.
-
-    ``AutoNormal`` keeps one location and one unconstrained scale tensor per site,
-    :math:`q(z_i) = \mathcal N(\mu_i, \mathrm{softplus}(\rho_i)^2)`. Training on those
-    makes every step cost a few small ops *per site* (gather, transform, Adam update).
-    This class concatenates them once into :math:`\mu\in\mathbb R^D` and
-    :math:`\rho\in\mathbb R^D` (in the :class:`_Layout` order), so sampling, the closed-form
-    KL terms and Adam are a handful of ops on two vectors. :meth:`write_back` copies the
-    trained values into the guide's own parameters, which stay the source of truth
-    (``posterior.guide``, ``save``/``load``, :class:`pyro.infer.Predictive`).
-
-    Built by :meth:`build`, which returns ``None`` for a guide it does not recognise (a
-    location constraint other than ``real``, or sites with different scale constraints);
-    the per-site path is then used.
+    Raises:
+        TypeError: any other guide.
+        ValueError: a guide that has not been set up (call it once on data first).
     """
 
-    def __init__(self, adapter: "_MeanFieldAdapter", loc_params, scale_params, scale_transform):
-        self.adapter = adapter
-        self.loc_params, self.scale_params = loc_params, scale_params
-        self.scale_transform = scale_transform
-        self.shapes = [p.shape for p in loc_params]
-        self.offsets = []
-        off = 0
-        for p in loc_params:
-            self.offsets.append((off, p.numel()))
-            off += p.numel()
-        with torch.no_grad():
-            self.loc = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in loc_params]))
-            self.raw_scale = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in scale_params]))
+    KINDS = (
+        (autoguide.AutoDiagonalNormal, "mean-field"),
+        (autoguide.AutoLowRankMultivariateNormal, "low-rank"),
+        (autoguide.AutoMultivariateNormal, "full-rank"),
+    )
 
-    @classmethod
-    def build(cls, adapter: "_MeanFieldAdapter") -> Optional["_FlatMeanField"]:
-        locs, scales, constraint = [], [], None
-        for pl, ps, leaf in adapter.loc_modules:
-            cl = pl.__dict__.get("_pyro_params", {}).get(leaf, (dist.constraints.real,))[0]
-            cs = ps.__dict__.get("_pyro_params", {}).get(leaf, (None,))[0]
-            lp = pl._parameters.get(leaf + "_unconstrained", pl._parameters.get(leaf))
-            sp = ps._parameters.get(leaf + "_unconstrained")
-            if lp is None or sp is None or cs is None or cl is not dist.constraints.real:
-                return None
-            if constraint is None:
-                constraint = cs
-            elif cs is not constraint and (type(cs) is not type(constraint) or repr(cs) != repr(constraint)):
-                return None
-            if lp.shape != sp.shape or lp.dtype != sp.dtype or lp.device != sp.device:
-                return None
-            locs.append(lp)
-            scales.append(sp)
-        if not locs:
-            return None
-        return cls(adapter, locs, scales, transform_to(constraint))
+    def __init__(self, guide):
+        kind = next((k for cls, k in self.KINDS if isinstance(guide, cls)), None)
+        if kind is None:
+            raise TypeError(
+                "SVIPosterior needs a Pyro AutoDiagonalNormal, AutoLowRankMultivariateNormal or "
+                f"AutoMultivariateNormal guide, got {type(guide).__name__}"
+            )
+        if guide.prototype_trace is None:
+            raise ValueError("the guide has not been set up: call it once on data first, e.g. guide(x, y)")
+        self.guide, self.kind = guide, kind
+        self._scale = transform_to(type(guide).scale_constraint)
+        self._tril = transform_to(type(guide).scale_tril_constraint) if kind == "full-rank" else None
 
-    def parameters(self) -> List[nn.Parameter]:
-        return [self.loc, self.raw_scale]
+    @property
+    def order(self) -> List[str]:
+        """The latent sites in the order of the guide's flat vector."""
+        return [name for name, _ in self.guide.prototype_trace.iter_stochastic_nodes()]
 
-    def loc_scale(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.loc, self.scale_transform(self.raw_scale)
+    def leaves(self) -> Dict[str, nn.Parameter]:
+        """The guide's leaf tensors by name (``loc``, ``scale_unconstrained``, and
+        ``cov_factor`` or ``scale_tril_unconstrained``): what an optimiser trains."""
+        return dict(self.guide.named_parameters())
 
-    def site_loc_scale(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        o, n = self.offsets[i]
-        shape = self.shapes[i]
-        return self.loc[o : o + n].view(shape), self.scale_transform(self.raw_scale[o : o + n]).view(shape)
+    def likelihood_leaves(self, leaves: Dict[str, nn.Parameter]) -> List[torch.Tensor]:
+        """The leaves whose rows ``layout.likelihood_index`` parameterise the likelihood's
+        latents (their learning rate is raised, see :func:`~pyrobdl.inference.optim.slice_learning_rates`)."""
+        return [leaves[k] for k in ("loc", "scale_unconstrained", "cov_factor", "scale_tril_unconstrained") if k in leaves]
 
-    def write_back(self) -> None:
-        """Copy the flat vectors into the guide's per-site parameters."""
-        with torch.no_grad():
-            for (o, n), shape, lp, sp in zip(self.offsets, self.shapes, self.loc_params, self.scale_params):
-                lp.copy_(self.loc[o : o + n].view(shape))
-                sp.copy_(self.raw_scale[o : o + n].view(shape))
+    def loc_scale(self, leaves: Optional[Dict[str, torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Flat ``(loc, scale)`` of a mean-field guide."""
+        p = self.leaves() if leaves is None else leaves
+        return p["loc"], self._scale(p["scale_unconstrained"])
 
-
-class _MVNAdapter:
-    def __init__(self, guide, layout: _Layout):
-        self.guide, self.layout = guide, layout
-
-    def distribution(self):
-        g = self.guide
-        loc = g._parameters["loc"]
-        scale = _constrained(g, "scale")
-        if isinstance(g, autoguide.AutoLowRankMultivariateNormal):
-            cov_factor = g._parameters["cov_factor"] * scale.unsqueeze(-1)
-            return dist.LowRankMultivariateNormal(loc, cov_factor, scale * scale), None
-        L = scale.unsqueeze(-1) * _constrained(g, "scale_tril")
-        return dist.MultivariateNormal(loc, scale_tril=L), L
-
-    def moments(self, P: int, *, sample: bool = True):
-        d, L = self.distribution()
+    def moments(self, P: Optional[int], *, sample: bool = True, leaves: Optional[Dict[str, torch.Tensor]] = None):
+        r"""``(z, entropy, mean, var)``: ``P`` reparameterised draws ``(P, D)`` (``None``
+        without ``sample``), :math:`\mathbb H[q]`, and the flat means and variances."""
+        p = self.leaves() if leaves is None else leaves
+        loc = p["loc"]
+        scale = self._scale(p["scale_unconstrained"])
+        if self.kind == "mean-field":
+            z = loc + scale * torch.randn((P,) + loc.shape, dtype=loc.dtype, device=loc.device) if sample else None
+            entropy = scale.log().sum() + 0.5 * loc.numel() * (1 + _LOG_2PI)
+            return z, entropy, loc, scale.pow(2)
+        if self.kind == "low-rank":
+            d = dist.LowRankMultivariateNormal(loc, p["cov_factor"] * scale.unsqueeze(-1), scale * scale)
+            var = d.variance
+        else:
+            L = scale.unsqueeze(-1) * self._tril(p["scale_tril_unconstrained"])
+            d = dist.MultivariateNormal(loc, scale_tril=L)
+            var = L.pow(2).sum(-1)
         z = d.rsample((P,)) if sample else None
-        var = d.variance if L is None else L.pow(2).sum(-1)
-        return z, d.entropy(), d.loc, var
+        return z, d.entropy(), loc, var
 
 
 # ----------------------------------------------------------------------------- LRT / flipout
-def _patchable(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-
-
 def _lin(module, x, w, b):
     if isinstance(module, nn.Linear):
         return F.linear(x, w, b)
@@ -340,7 +211,7 @@ def _make_forward(module, estimator, w_ls, b_ls):
 
 
 @contextlib.contextmanager
-def _patched(forwards: Dict[nn.Module, Any]):
+def _patched(forwards: Dict[nn.Module, Callable]):
     try:
         for m, f in forwards.items():
             m.forward = f
@@ -351,14 +222,82 @@ def _patched(forwards: Dict[nn.Module, Any]):
                 del m.forward
 
 
+def local_layers(model: BayesianNetwork, layout: FlatLayout) -> List[Tuple[nn.Module, str, Optional[str], Tuple[str, ...]]]:
+    """The layers local reparameterisation and flipout can sample: Linear and Conv
+    layers whose parameters are all Bayesian with real support, as
+    ``(module, weight site, bias site or None, parameter names)``."""
+    bayes = set(model.bayesian_parameters)
+    out = []
+    for mname, m in model.net.named_modules():
+        if not isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            continue
+        own = [(n, f"{mname}.{n}" if mname else n) for n, _ in m.named_parameters(recurse=False)]
+        if not own or not all(full in bayes for _, full in own):
+            continue
+        sites = {n: model.parameter_site(full) for n, full in own}
+        if "weight" not in sites or any(layout.site(s).transform is not None for s in sites.values()):
+            continue
+        out.append((m, sites["weight"], sites.get("bias"), tuple(full for _, full in own)))
+    return out
+
+
+class _Objective:
+    """The ELBO terms of one posterior's guide, with what can be prepared once (the
+    layout, the guide's leaves, the layers of local reparameterisation) prepared."""
+
+    def __init__(self, post: "SVIPosterior", *, kl: str, prior_scale: str, estimator: str, leaves=None):
+        self.post, self.model, self.layout, self.guide = post, post.model, post.layout, post.adapter
+        self.leaves = self.guide.leaves() if leaves is None else leaves
+        self.kl, self.prior_scale, self.estimator = kl, prior_scale, estimator
+        self.layers = local_layers(self.model, self.layout) if estimator in ("local", "flipout") else []
+        self.skip = {p for *_, names in self.layers for p in names}
+
+    def terms(self, x: torch.Tensor, y: torch.Tensor, num_data: int, P: int):
+        model, layout = self.model, self.layout
+        z, entropy, mean, var = self.guide.moments(P, leaves=self.leaves)
+        values, _, logdet = layout.unpack(z)
+        params, lats = model.split_values(values)
+        forwards = {}
+        if self.layers:
+            if P != 1:
+                raise ValueError(f"estimator={self.estimator!r} draws per-example noise already; use num_particles=1")
+            loc, scale = self.guide.loc_scale(self.leaves)
+            for m, w, b, _ in self.layers:
+                w_ls = (layout.view(loc, w), layout.view(scale, w))
+                b_ls = None if b is None else (layout.view(loc, b), layout.view(scale, b))
+                forwards[m] = _make_forward(m, self.estimator, w_ls, b_ls)
+        with _patched(forwards):
+            if P == 1:  # one sample: plain (unbatched) passes
+                out = model.apply({k: v[0] for k, v in params.items() if k not in self.skip}, x)
+            else:
+                out = model.apply(params, x)
+        ll = model.likelihood.log_prob(out, y, lats).sum(-1) * (num_data / x.shape[0])
+        ll = ll.expand(P) if ll.dim() == 0 else ll.reshape(P)
+        if self.kl == "analytic":
+            lp = layout.log_prior(z, values, logdet, gaussian=False).mean()
+            pv = layout.empirical_bayes_variances(mean, var) if self.prior_scale == "empirical-bayes" and layout.num_gaussian else None
+            lp = lp + layout.expected_gaussian_log_prior(mean, var, prior_var=pv)
+        else:
+            lp = layout.log_prior(z, values, logdet).mean()
+        return ll.mean(), lp, entropy
+
+
 # ----------------------------------------------------------------------------- posterior
 class SVIPosterior(Posterior):
-    """A variational posterior: a fitted Pyro autoguide over a
+    """A variational posterior: a fitted Pyro ``AutoContinuous`` Gaussian guide over a
     :class:`~pyrobdl.BayesianNetwork`.
+
+    Also wraps a guide you fitted yourself (``AutoDiagonalNormal``,
+    ``AutoLowRankMultivariateNormal`` or ``AutoMultivariateNormal`` of the model, called
+    at least once): ``SVIPosterior(model, guide)``.
 
     Attributes:
         guide: the fitted Pyro autoguide (usable with :class:`pyro.infer.Predictive`).
-        fit_info: ``losses`` (the negative ELBO estimate of every step, a tensor), ``seconds``, ``num_steps``.
+        family: ``"mean-field"``, ``"low-rank"`` or ``"full-rank"``.
+        adapter: the :class:`GaussianGuide` that reads the guide's leaves.
+        layout: the :class:`~pyrobdl.inference.flat.FlatLayout` of the guide's vector.
+        fit_info: ``losses`` (the negative ELBO estimate of every step, a tensor),
+            ``seconds``, ``num_steps``, ``estimator``, ``kl_warmup``.
 
     Example:
         Returned by :class:`MeanField`, :class:`LowRank` and :class:`FullRank`;
@@ -370,8 +309,9 @@ class SVIPosterior(Posterior):
         >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
         >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
         >>> posterior = inference.MeanField(num_steps=20, progress=False).fit(model, x, y)
-        >>> posterior.fit_info["losses"].shape
-        torch.Size([20])
+        >>> posterior.fit_info["losses"].shape, type(posterior.guide).__name__
+        (torch.Size([20]), 'AutoDiagonalNormal')
+        >>> import pyro
         >>> samples = pyro.infer.Predictive(posterior.model, guide=posterior.guide, num_samples=10)(x)
         >>> samples["obs"].shape
         torch.Size([10, 20])
@@ -379,47 +319,80 @@ class SVIPosterior(Posterior):
 
     method = "svi"
 
-    def __init__(self, model: BayesianNetwork, guide, *, family: str, guide_options: Dict[str, Any], input_shape, target_info):
+    def __init__(
+        self,
+        model: BayesianNetwork,
+        guide,
+        *,
+        family: Optional[str] = None,
+        guide_options: Optional[Dict[str, Any]] = None,
+        input_shape=None,
+        target_info: Optional[Dict[str, Any]] = None,
+    ):
         super().__init__(model)
         self.guide = guide
-        self.family = family
+        self.adapter = GaussianGuide(guide)
+        if family is not None and family != self.adapter.kind:
+            raise ValueError(f"family {family!r} does not match the guide {type(guide).__name__} ({self.adapter.kind})")
+        self.family = self.adapter.kind
+        if guide_options is None:
+            guide_options = {"init_scale": 0.01}  # rebuilding for load: the saved state overrides it
+            if self.family == "low-rank":
+                guide_options["rank"] = int(guide.rank)
         self.guide_options = dict(guide_options)
-        self.input_shape = tuple(input_shape)
-        self.target_info = dict(target_info)
-        sh = (
-            dict(_iter_autonormal_locs(guide))
-            if isinstance(guide, autoguide.AutoNormal)
-            else guide._unconstrained_shapes
-        )
-        self._layout = _Layout(model, guide, sh)
-        self._adapter = (
-            _MeanFieldAdapter(guide, self._layout) if isinstance(guide, autoguide.AutoNormal) else _MVNAdapter(guide, self._layout)
-        )
+        if input_shape is None or target_info is None:
+            args = guide.prototype_trace.nodes.get("_INPUT", {}).get("args", ())
+            if input_shape is None and args:
+                input_shape = tuple(args[0].shape[1:])
+            if target_info is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
+                yy = args[1]
+                target_info = {"shape": list(yy.shape[1:]), "dtype": "float" if yy.is_floating_point() else "long"}
+        self.input_shape = tuple(input_shape or ())
+        self.target_info = None if target_info is None else dict(target_info)
+        self._layout = self._make_layout()
 
-    def to(self, device):
+    def _make_layout(self) -> FlatLayout:
+        layout = FlatLayout(self.model, order=self.adapter.order)
+        if layout.dim != self.guide.latent_dim:
+            raise ValueError(f"the guide's latent vector has {self.guide.latent_dim} entries, the model's latents {layout.dim}")
+        return layout
+
+    @property
+    def layout(self) -> FlatLayout:
+        """The flat layout of the guide's vector, rebuilt when the model's priors (or its
+        device) changed since it was built."""
+        if self.model.latent_sites() is not self._layout.source:
+            self._layout = self._make_layout()
+        return self._layout
+
+    def to(self, device) -> "SVIPosterior":
         self.model.to(device)
         self.guide.to(device)
-        self._layout = _Layout(self.model, self.guide, self._layout_shapes())
-        self._adapter = type(self._adapter)(self.guide, self._layout)
+        self._layout = self._make_layout()
         return self
 
-    def _layout_shapes(self):
-        return {name: ushape for name, ushape, *_ in self._layout.entries}
-
-    def sample_latents(self, num_samples: int) -> Dict[str, torch.Tensor]:
+    def sample_latents(self, num_samples: Optional[int]) -> Dict[str, torch.Tensor]:
+        if num_samples is None:
+            num_samples = self.default_num_samples
         with torch.no_grad():
-            z, *_ = self._adapter.moments(num_samples)
-            values, _, _ = self._layout.unpack(z)
+            z, *_ = self.adapter.moments(num_samples)
+            values, _, _ = self.layout.unpack(z)
         return values
 
     def mean_latents(self) -> Dict[str, torch.Tensor]:
         """Posterior means of the unconstrained latents, mapped to constrained space."""
         with torch.no_grad():
-            _, _, loc, _ = self._adapter.moments(1, sample=False)
-            values, _, _ = self._layout.unpack(loc.unsqueeze(0))
+            _, _, loc, _ = self.adapter.moments(None, sample=False)
+            values, _, _ = self.layout.unpack(loc.unsqueeze(0))
         return {k: v[0] for k, v in values.items()}
 
-    def _state(self):
+    def site_loc_scale(self, name: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and (marginal) standard deviation of site ``name``'s unconstrained value."""
+        with torch.no_grad():
+            _, _, loc, var = self.adapter.moments(None, sample=False)
+            return self.layout.view(loc, name), self.layout.view(var.sqrt(), name)
+
+    def get_state(self):
         return {
             "family": self.family,
             "guide_options": self.guide_options,
@@ -430,27 +403,37 @@ class SVIPosterior(Posterior):
         }
 
     @classmethod
-    def _from_state(cls, model, state):
+    def from_state(cls, model, state):
         family = state["family"]
         algo_cls = {"mean-field": MeanField, "low-rank": LowRank, "full-rank": FullRank}[family]
         guide = algo_cls._make_guide(model, **state["guide_options"])
-        x0, y0 = _dummy_data(model, state["input_shape"], state["target_info"])
+        x0, y0 = _dummy_data(model, state["input_shape"], state.get("target_info"))
         guide(x0, y0)
-        guide.load_state_dict(state["guide_state"])
-        post = cls(model, guide, family=family, guide_options=state["guide_options"], input_shape=state["input_shape"], target_info=state["target_info"])
+        guide_state = dict(state["guide_state"])
+        if family == "mean-field" and "loc" not in guide_state:
+            guide_state = _from_autonormal_state(guide, guide_state)
+        guide.load_state_dict(guide_state)
+        post = cls(model, guide, family=family, guide_options=state["guide_options"], input_shape=state["input_shape"], target_info=state.get("target_info"))
         post.fit_info = dict(state.get("fit_info", {}))
-        post._fitted = True
         return post
 
 
-def _iter_autonormal_locs(guide):
-    for name, site in guide.prototype_trace.iter_stochastic_nodes():
-        parent, leaf = _MeanFieldAdapter._parent(guide.locs, name)
-        yield name, parent._parameters[leaf + "_unconstrained"].shape
+def _from_autonormal_state(guide, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The state of an ``AutoNormal`` guide (how mean-field posteriors were saved before
+    they moved onto ``AutoDiagonalNormal``) as the flat ``loc`` and ``scale`` of ``guide``:
+    both keep the scale as a softplus-positive parameter, so the vectors are the per-site
+    ones concatenated in trace order."""
+    locs, scales = [], []
+    for name, _ in guide.prototype_trace.iter_stochastic_nodes():
+        locs.append(state[f"locs.{name}_unconstrained"].reshape(-1))
+        scales.append(state[f"scales.{name}_unconstrained"].reshape(-1))
+    return {"loc": torch.cat(locs), "scale_unconstrained": torch.cat(scales)}
 
 
 def _dummy_data(model: BayesianNetwork, input_shape, target_info):
     x0 = torch.zeros((1,) + tuple(input_shape), dtype=model.dtype, device=model.device)
+    if target_info is None:
+        return x0, None
     tshape = (1,) + tuple(target_info["shape"])
     if target_info["dtype"] == "long":
         y0 = torch.zeros(tshape, dtype=torch.long, device=model.device)
@@ -461,8 +444,9 @@ def _dummy_data(model: BayesianNetwork, input_shape, target_info):
 
 # ----------------------------------------------------------------------------- inference
 class _SVI(Inference):
-    family: str = ""
-    guide_cls = None
+    family = "svi"
+    #: the guide family of the posterior (``SVIPosterior.family``)
+    guide_family: str = ""
 
     def __init__(
         self,
@@ -475,11 +459,11 @@ class _SVI(Inference):
         epochs: Optional[int] = None,
         init_scale: float = 1e-2,
         kl: str = "analytic",
-        kl_warmup: int = 0,
+        kl_warmup: Optional[int] = 0,
         prior_scale: str = "fixed",
-        progress: bool = True,
-        seed: Optional[int] = None,
+        **kwargs,
     ):
+        super().__init__(**kwargs)
         self.num_steps = check_positive_int(num_steps, "num_steps")
         self.lr = check_positive_float(lr, "lr")
         self.lr_decay = check_positive_float(lr_decay, "lr_decay")
@@ -490,261 +474,166 @@ class _SVI(Inference):
         if kl not in ("analytic", "mc"):
             raise ValueError(f"kl must be 'analytic' or 'mc', got {kl!r}")
         self.kl = kl
-        self.kl_warmup = check_positive_int(kl_warmup, "kl_warmup", minimum=0)
+        self.kl_warmup = None if kl_warmup is None else check_positive_int(kl_warmup, "kl_warmup", minimum=0)
         if prior_scale not in ("fixed", "empirical-bayes"):
             raise ValueError(f"prior_scale must be 'fixed' or 'empirical-bayes', got {prior_scale!r}")
         if prior_scale == "empirical-bayes" and kl != "analytic":
             raise ValueError("prior_scale='empirical-bayes' needs kl='analytic'")
         self.prior_scale = prior_scale
-        self.progress = bool(progress)
-        self.seed = seed
+        self._active: Optional[Tuple[SVIPosterior, _Objective]] = None
 
     # hooks ---------------------------------------------------------------
     def _guide_options(self) -> Dict[str, Any]:
         return {"init_scale": self.init_scale}
 
     @classmethod
-    def _make_guide(cls, model: BayesianNetwork, **options):
+    def _make_guide(cls, model: BayesianNetwork, *, y: Optional[torch.Tensor] = None, **options):
         raise NotImplementedError
 
-    def _forwards(self, model, post) -> Dict[nn.Module, Any]:
-        return {}
+    @classmethod
+    def _named(cls, guide, model: BayesianNetwork):
+        guide._pyro_name = f"{model._uid}.{type(guide).__name__}{next(_guide_counter)}"
+        return guide
+
+    def resolve_estimator(self, model: BayesianNetwork, layout: FlatLayout, num_particles: int) -> str:
+        """The gradient estimator a fit uses (``"reparam"`` for VI other than mean-field)."""
+        return "reparam"
 
     # the estimator --------------------------------------------------------
     def elbo_terms(self, post: SVIPosterior, x: torch.Tensor, y: torch.Tensor, num_data: int, num_particles: Optional[int] = None):
         """Return (expected log-likelihood, E_q log p(z) + log|J|, entropy), each a
-        scalar estimate (for tests and diagnostics)."""
-        model, layout = post.model, post._layout
+        scalar estimate, for the minibatch ``(x, y)`` of a data set of ``num_data`` rows."""
         P = num_particles or self.num_particles
-        z, entropy, mean, var = post._adapter.moments(P)
-        values, raw, logdet = layout.unpack(z)
-        params, lats = model.split_values(values)
-        forwards = self._forwards(model, post)
-        skip = {pname for m in forwards for pname, _ in _module_param_names(model, m)} if forwards else ()
-        chain = None if forwards or x.dim() != 2 else model._chain()
-        if chain is not None:  # a plain Linear chain: run it directly (same ops as model.apply)
-            out = _chain_forward(chain, {k: v[0] for k, v in params.items()} if P == 1 else params, x, 0 if P == 1 else P)
+        active = self._active
+        if active is not None and active[0] is post and post._layout is active[1].layout:
+            objective = active[1]
         else:
-            out = None
-        with _patched(forwards):
-            if out is not None:
-                pass
-            elif P == 1:
-                out = model.apply({k: v[0] for k, v in params.items() if k not in skip}, x)
-            else:
-                if forwards:
-                    raise ValueError("estimator='local'/'flipout' draws per-example noise already; use num_particles=1")
-                out = model.apply(params, x)
-        ll = _loglik_sum(model.likelihood, out, y, lats) * (num_data / x.shape[0])
-        ll = ll.expand(P) if ll.dim() == 0 else ll.reshape(P)
-        priors = _unvalidated_priors(model)
-        lp_other = logdet
-        for name, v in values.items():
-            if self.kl == "analytic" and name in layout.gauss_sites:
-                continue
-            lp_other = lp_other + priors[name].log_prob(v).reshape(P)
-        cross = 0.0
-        if self.kl == "analytic" and layout.n_gauss and self.prior_scale == "empirical-bayes":
-            m, v = layout.gather(mean), layout.gather(var)
-            s2 = self._eb_scales2(layout, m, v)
-            cross = -0.5 * (layout.group_size * ((2 * math.pi * s2).log() + 1)).sum()
-        elif self.kl == "analytic" and layout.n_gauss:
-            m, v = layout.gather(mean), layout.gather(var)
-            cross = (
-                -layout.prior_log_scale_sum
-                - 0.5 * layout.n_gauss * _LOG_2PI
-                - 0.5 * (((m - layout.prior_loc).pow(2) + v) * layout.prior_inv_var).sum()
-            )
-        return ll.mean(), lp_other.mean() + cross, entropy
-
-    @staticmethod
-    def _eb_scales2(layout: "_Layout", m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Closed-form type-II maximum of the ELBO over one prior variance per weight tensor:
-        :math:`s_l^2 = \\frac{1}{n_l}\\sum_{i\\in l}\\big((\\mu_i-m_0)^2+\\sigma_i^2\\big)`."""
-        sq = (m - layout.prior_loc).pow(2) + v
-        tot = torch.zeros(len(layout.gauss_names), dtype=sq.dtype, device=sq.device).index_add_(0, layout.group, sq)
-        return (tot / layout.group_size).clamp_min(1e-8)
+            estimator = self.resolve_estimator(post.model, post.layout, P)
+            objective = _Objective(post, kl=self.kl, prior_scale=self.prior_scale, estimator=estimator)
+        return objective.terms(x, y, num_data, P)
 
     def _finalize_prior(self, post: SVIPosterior) -> None:
         """With empirical Bayes, write the fitted prior scales into the posterior's model, so the
         Pyro model, MCMC initialisation and ArviZ log-priors use the prior that was fitted."""
-        if self.prior_scale != "empirical-bayes" or not post._layout.n_gauss:
+        layout = post.layout
+        if self.prior_scale != "empirical-bayes" or not layout.num_gaussian:
             return
         from .. import priors as _priors
 
-        layout, model = post._layout, post.model
+        model = post.model
         with torch.no_grad():
-            _, _, mean, var = post._adapter.moments(1, sample=False)
-            s2 = self._eb_scales2(layout, layout.gather(mean), layout.gather(var))
-        inverse = {site: pname for pname, site in model._site_of.items()}
+            _, _, mean, var = post.adapter.moments(None, sample=False)
+            s2 = layout.empirical_bayes_variances(mean, var)
         sites = model.latent_sites()
-        overrides = {}
-        for k, name in enumerate(layout.gauss_names):
-            overrides[inverse[name]] = _priors.Normal(sites[name].gaussian[0], float(s2[k].sqrt()))
+        overrides = {sites[name].param: _priors.Normal(sites[name].gaussian[0], float(s2[k].sqrt())) for k, name in enumerate(layout.gaussian_names)}
         model.prior = _priors.PerSite(model.prior, overrides)
-        model._prior_cache = {}
-        post.fit_info["prior_scales"] = {inverse[n]: float(s2[k].sqrt()) for k, n in enumerate(layout.gauss_names)}
+        model._prior_cache = {}  # the model caches its priors; they changed
+        post.fit_info["prior_scales"] = {p: o.scale for p, o in overrides.items()}
 
-    def fit(self, model: BayesianNetwork, x=None, y=None) -> SVIPosterior:
+    def _fit(self, model: BayesianNetwork, data: Data) -> SVIPosterior:
         """Fit the guide to ``(x, y)`` tensors or a DataLoader of ``(x, y)`` batches."""
-        if not isinstance(model, BayesianNetwork):
-            raise TypeError(f"model must be a pyrobdl.BayesianNetwork, got {type(model).__name__}")
-        if self.seed is not None:
-            pyro.set_rng_seed(self.seed)
-        data = Data(model, x, y)
-        model = model.fresh_copy().to(data.device)
         batches = data.batches(model, self.batch_size)
         x0, y0 = next(batches)
-        guide = self._make_guide(model, **self._guide_options())
+        _, y_all = data.sample(data.num_data)  # all targets, or the first batch of a DataLoader
+        options = self._guide_options()
+        guide = self._make_guide(model, y=y_all, **options)
         guide(x0[:2], y0[:2], num_data=data.num_data)
         post = SVIPosterior(
-            model, guide, family=self.family, guide_options=self._guide_options(),
-            input_shape=x0.shape[1:],
+            model, guide, family=self.guide_family, guide_options=options, input_shape=x0.shape[1:],
             target_info={"shape": list(y0.shape[1:]), "dtype": "long" if not y0.is_floating_point() else "float"},
         )
-        self._check_estimator(model, post)
-        det = [p for n, p in model.net.named_parameters() if n in set(model._det_names)]
-        flat = _FlatMeanField.build(post._adapter) if isinstance(post._adapter, _MeanFieldAdapter) else None
-        params = (flat.parameters() if flat is not None else list(guide.parameters())) + det
-        opt = _adam(params, self.lr)
-        group = opt.param_groups[0]
-        num_steps = self.num_steps if self.epochs is None else self.epochs * data.steps_per_epoch(self.batch_size)
-        # exponential decay lr_t = lr * gamma^t, gamma = lr_decay^(1/num_steps), set directly on the
-        # param group (what ExponentialLR does, without its per-step bookkeeping)
-        gamma = self.lr_decay ** (1.0 / max(num_steps, 1))
+        layout = post.layout
+        estimator = self.resolve_estimator(model, layout, self.num_particles)
+        num_steps = data.num_steps(self.num_steps, self.epochs, self.batch_size)
         # KL warm-up ends by half the run at the latest, so the last half always optimises the true ELBO
-        warmup = min(self.kl_warmup, num_steps // 2)
-        losses: List[torch.Tensor] = []
+        warmup = num_steps // 2 if self.kl_warmup is None else min(self.kl_warmup, num_steps // 2)
+        leaves = post.adapter.leaves()
+        det_names = set(model.deterministic_parameters)
+        det = [p for n, p in model.net.named_parameters() if n in det_names]
+        slice_lr = [e for t in post.adapter.likelihood_leaves(leaves) for e in slice_learning_rates(t, layout.likelihood_index, self.lr)]
+        self._active = (post, _Objective(post, kl=self.kl, prior_scale=self.prior_scale, estimator=estimator, leaves=leaves))
+        N = data.num_data
+
+        def loss_fn(step: int, xb: torch.Tensor, yb: torch.Tensor):
+            ll, lp, ent = self.elbo_terms(post, xb, yb, N)
+            if warmup and step + 1 < warmup:
+                loss = -(ll + ((step + 1) / warmup) * (lp + ent))
+            else:
+                loss = -(ll + lp + ent)
+            return loss, loss.detach()
+
         model.net.train()
-        t0 = time.perf_counter()
-        bar = tqdm(range(num_steps), desc=self.name, disable=not self.progress, leave=False)
-        running = None
-        post._adapter.flat = flat
         try:
-            for step in bar:
-                xb, yb = (x0, y0) if step == 0 else next(batches)
-                ll, lp, ent = self.elbo_terms(post, xb, yb, data.num_data)
-                if warmup and step + 1 < warmup:
-                    loss = -(ll + ((step + 1) / warmup) * (lp + ent))
-                else:
-                    loss = -(ll + lp + ent)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if gamma != 1.0:
-                    group["lr"] = self.lr * gamma ** (step + 1)
-                loss = loss.detach()
-                losses.append(loss)
-                if step % 50 == 0 or step == num_steps - 1:  # the only host syncs: every 50 steps
-                    val = float(loss)
-                    if not math.isfinite(val):
-                        raise FloatingPointError(
-                            f"the ELBO became {val} at step {step}; lower lr (now {self.lr}) or init_scale, "
-                            "or standardise x and y"
-                        )
-                    running = _ema(running, val, 0.5)
-                    bar.set_postfix(elbo=f"{-running:.4g}")
+            losses, seconds = train(
+                loss_fn, itertools.chain([(x0, y0)], batches), list(leaves.values()) + det,
+                num_steps=num_steps, lr=self.lr, lr_decay=self.lr_decay, progress=self.progress, desc=self.name,
+                what="negative ELBO", hint="init_scale, or standardise x and y", slice_lr=slice_lr,
+            )
         finally:
-            post._adapter.flat = None
-            if flat is not None:
-                flat.write_back()
-        losses_t = torch.stack(losses).cpu() if losses else torch.empty(0)
-        post.fit_info = {"losses": losses_t, "seconds": time.perf_counter() - t0, "num_steps": num_steps}
+            self._active = None
+            model.net.eval()
+        post.fit_info = {"losses": losses, "seconds": seconds, "num_steps": num_steps, "estimator": estimator, "kl_warmup": warmup}
         self._finalize_prior(post)
-        post._fitted = True
-        model.net.eval()
         return post
 
-    def _check_estimator(self, model, post):
-        pass
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_steps={self.num_steps}, lr={self.lr}, seed={self.seed!r})"
 
 
-def _loglik_sum(likelihood, out: torch.Tensor, y: torch.Tensor, lats: Dict[str, torch.Tensor]) -> torch.Tensor:
-    r""":math:`\sum_n \log p(y_n\mid f_\theta(x_n), \eta)` per leading batch element of ``out``
-    (shape ``out.shape[:-2]``), with distribution argument validation off: the network
-    outputs and targets were validated once in :meth:`~pyrobdl.BayesianNetwork.check_data`
-    (the Gaussian likelihoods evaluate their density in closed form, without distributions)."""
-    with pyro.validation_enabled(False):
-        return likelihood.log_prob(out, y, lats).sum(-1)
+#: the set-up lines of the doctest examples of LowRank and FullRank
+_EXAMPLE_SETUP = """>>> import torch, torch.nn as nn
+        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
+        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
+        >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))"""
 
-
-def _unvalidated(d: torch.distributions.Distribution) -> torch.distributions.Distribution:
-    """A shallow copy of ``d`` (and of its base distribution) that skips argument/support
-    validation in ``log_prob`` (the values scored come from bijections onto the support)."""
-    import copy
-
-    d = copy.copy(d)
-    d._validate_args = False
-    base = getattr(d, "base_dist", None)
-    if isinstance(base, torch.distributions.Distribution):
-        d.base_dist = _unvalidated(base)
-    return d
-
-
-def _unvalidated_priors(model: BayesianNetwork) -> Dict[str, torch.distributions.Distribution]:
-    """site -> prior, unvalidated (cached on the model next to its per-device prior cache)."""
-    cache = model.__dict__.setdefault("_svi_prior_cache", {})
-    # valid while the model's own prior cache is the same dict (a device/dtype move or a
-    # prior change replaces it) and the network is where the cached priors are
-    pc = model._prior_cache
-    if cache.get("pc") is not pc or cache.get("n") != len(pc):
-        sites = model.latent_sites()
-        cache.clear()
-        cache.update(pc=model._prior_cache, n=len(model._prior_cache), priors={n: _unvalidated(s.prior) for n, s in sites.items()})
-    return cache["priors"]
-
-
-def _adam(params, lr: float) -> torch.optim.Adam:
-    """Adam with the fused (one kernel for all tensors) implementation where torch has it for
-    the device; the many small variational tensors make the per-tensor loop a visible cost."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, foreach=True)
-
-
-def _module_param_names(model: BayesianNetwork, module: nn.Module):
-    for pname, owner in model._owners.items():
-        if owner is module:
-            yield pname, owner
-
-
-@register_method
-class MeanField(_SVI):
-    r"""Mean-field Gaussian variational inference (Bayes by Backprop; Pyro's
-    :class:`~pyro.infer.autoguide.AutoNormal`).
-
-    .. math:: q(z) = \prod_i \mathcal N(z_i;\ \mu_i, \sigma_i^2)
-
-    Args:
-        num_steps: optimisation steps (ignored when ``epochs`` is given).
-        lr: Adam learning rate; ``lr_decay``: final/initial learning-rate
-            ratio of an exponential schedule (default 0.1; 1 = constant). The decay
-            lets the variational scales settle, which measurably improves test
-            log-likelihoods on the UCI benchmarks.
+_SVI_ARGS = """num_steps: optimisation steps (default 5000; ignored when ``epochs`` is given).
+        lr: Adam learning rate (default ``1e-2``); the likelihood's latents (a learned
+            noise) use ``max(lr, LIKELIHOOD_LR)`` (:mod:`pyrobdl.inference.optim`).
+        lr_decay: final/initial learning-rate ratio of an exponential schedule (default
+            0.1; 1 = constant). The decay lets the variational scales settle.
         num_particles: Monte Carlo samples per step (one batched pass).
         batch_size: minibatch size (default: full batch); the likelihood is
             scaled by ``N / batch_size``.
         epochs: passes over the data instead of ``num_steps``.
         init_scale: initial posterior std of every unconstrained latent; the
-            means start at the network's own initialisation.
+            means start at the network's own initialisation, a learned noise at
+            the likelihood's ``latent_init`` of the training targets.
         kl: ``"analytic"`` (closed-form Gaussian cross-entropy and entropy)
             or ``"mc"``.
-        kl_warmup: steps over which the prior/entropy term is annealed in
-            from 0 to 1 (0 = off); at most half of the steps, so the second
-            half of the run always maximises the true ELBO.
         prior_scale: ``"fixed"`` (the model's prior) or ``"empirical-bayes"``:
             one prior variance per weight tensor (Gaussian priors) is fitted
             jointly by maximising the ELBO, in closed form
-            :math:`s_l^2 = \frac1{n_l}\sum_{i\in l}((\mu_i-m_0)^2+\sigma_i^2)`
+            :math:`s_l^2 = \\frac1{n_l}\\sum_{i\\in l}((\\mu_i-m_0)^2+\\sigma_i^2)`
             (Wu et al., *Deterministic Variational Inference for Robust Bayesian
             Neural Networks*, ICLR 2019); the fitted scales are written into the
             posterior's model prior (``posterior.model.prior``) and
             ``fit_info["prior_scales"]``.
+        progress: show a progress bar with the running loss.
+        seed: seed Pyro's and torch's RNGs first (see :class:`~pyrobdl.inference.Inference`)."""
+
+
+@register_method
+class MeanField(_SVI):
+    r"""Mean-field Gaussian variational inference (Bayes by Backprop; Pyro's
+    :class:`~pyro.infer.autoguide.AutoDiagonalNormal`).
+
+    .. math:: q(z) = \prod_i \mathcal N(z_i;\ \mu_i, \sigma_i^2)
+
+    The defaults are the measured ones (see the docs page "How the defaults were
+    chosen"): 5000 steps, ``lr=1e-2``, ``lr_decay=0.1``, KL warm-up over the first half
+    of the steps, and local reparameterisation where the network allows it.
+
+    Args:
+        kl_warmup: steps over which the prior/entropy term is annealed in from 0 to 1;
+            ``None`` (default): the first half of the steps; 0 = off; at most half of
+            the steps, so the second half of the run always maximises the true ELBO.
         estimator: ``"reparam"`` (sample weights), ``"local"`` (local
-            reparameterisation) or ``"flipout"`` for Linear/Conv layers.
-        progress: show a progress bar with the running ELBO.
-        seed: seed Pyro's and torch's RNGs first.
+            reparameterisation) or ``"flipout"`` for Bayesian Linear/Conv layers, or
+            ``"auto"`` (default): ``"local"`` when the network has such layers and
+            ``num_particles == 1``, else ``"reparam"`` (the choice is recorded in
+            ``fit_info["estimator"]``).
+        {args}
 
     Example::
 
@@ -754,61 +643,36 @@ class MeanField(_SVI):
 
     name = "mean-field"
     aliases = ("meanfield", "mean_field", "mfvi", "bbb")
-    family = "mean-field"
+    guide_family = "mean-field"
+    variance_head = True
 
-    def __init__(self, *, estimator: str = "reparam", **kwargs):
-        super().__init__(**kwargs)
-        if estimator not in ("reparam", "local", "flipout"):
-            raise ValueError(f"estimator must be 'reparam', 'local' or 'flipout', got {estimator!r}")
+    def __init__(self, *, estimator: str = "auto", kl_warmup: Optional[int] = None, **kwargs):
+        super().__init__(kl_warmup=kl_warmup, **kwargs)
+        if estimator not in ("auto", "reparam", "local", "flipout"):
+            raise ValueError(f"estimator must be 'auto', 'reparam', 'local' or 'flipout', got {estimator!r}")
+        if estimator in ("local", "flipout") and self.num_particles != 1:
+            raise ValueError(f"estimator={estimator!r} works with num_particles=1 (it draws per-example noise already)")
         self.estimator = estimator
 
     @classmethod
-    def _make_guide(cls, model, *, init_scale: float):
-        g = autoguide.AutoNormal(model, init_loc_fn=init_to_network(model), init_scale=float(init_scale))
-        g._pyro_name = f"{model._uid}.AutoNormal{next(_guide_counter)}"
-        return g
+    def _make_guide(cls, model, *, init_scale: float, y: Optional[torch.Tensor] = None):
+        g = autoguide.AutoDiagonalNormal(model, init_loc_fn=init_to_network(model, y), init_scale=float(init_scale))
+        return cls._named(g, model)
 
-    def _check_estimator(self, model, post):
+    def resolve_estimator(self, model: BayesianNetwork, layout: FlatLayout, num_particles: int) -> str:
+        """``estimator``, with ``"auto"`` resolved for ``model``; ``ValueError`` for
+        ``"local"``/``"flipout"`` on a network without Bayesian Linear/Conv layers."""
         if self.estimator == "reparam":
-            return
-        mods = self._lrt_modules(model)
-        if not mods:
+            return "reparam"
+        has_layers = bool(local_layers(model, layout))
+        if self.estimator == "auto":
+            return "local" if has_layers and num_particles == 1 else "reparam"
+        if not has_layers:
             raise ValueError(
                 f"estimator={self.estimator!r} needs Bayesian Linear/Conv layers (weight and bias both "
-                "Bayesian); this network has none; use estimator='reparam'"
+                "Bayesian); this network has none; use estimator='reparam' (or 'auto')"
             )
-        if self.num_particles != 1:
-            raise ValueError(f"estimator={self.estimator!r} works with num_particles=1")
-
-    def _lrt_modules(self, model):
-        bayes = set(model._bayes_names)
-        out = []
-        for m in model.net.modules():
-            if _patchable(m):
-                names = [p for p, o in model._owners.items() if o is m]
-                if names and all(n in bayes for n in names) and all(
-                    model.latent_sites()[model._site_of[n]].gaussian is not None for n in names
-                ):
-                    out.append(m)
-        return out
-
-    def _forwards(self, model, post):
-        if self.estimator == "reparam":
-            return {}
-        plan = self.__dict__.get("_plan")
-        if plan is None or plan[0] is not model:
-            entries = []
-            for m in self._lrt_modules(model):
-                names = [n for n, _ in _module_param_names(model, m)]
-                w = model._site_of[[n for n in names if n.endswith("weight")][0]]
-                bn = [n for n in names if n.endswith("bias")]
-                entries.append((m, w, model._site_of[bn[0]] if bn else None))
-            plan = self._plan = (model, entries)
-        ad = post._adapter
-        return {
-            m: _make_forward(m, self.estimator, ad.site_loc_scale(w), None if b is None else ad.site_loc_scale(b))
-            for m, w, b in plan[1]
-        }
+        return self.estimator
 
 
 @register_method
@@ -818,16 +682,16 @@ class LowRank(_SVI):
 
     .. math:: q(z) = \mathcal N(z;\ \mu,\ WW^\top + \mathrm{diag}(d^2)),\quad W\in\mathbb R^{D\times r}
 
+    Defaults (see the docs page "How the defaults were chosen"): 5000 steps,
+    ``lr=1e-2``, ``lr_decay=0.1``, no KL warm-up.
+
     Args:
         rank: :math:`r` (default :math:`\lceil\sqrt D\rceil`).
-        **kwargs: as :class:`MeanField` (without ``estimator``).
+        kl_warmup: steps of KL warm-up (default 0 = off; at most half of the steps).
+        {args}
 
     Example:
-        >>> import torch, torch.nn as nn
-        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
-        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
-        >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
-        >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        {example_setup}
         >>> posterior = inference.LowRank(rank=2, num_steps=20, progress=False).fit(model, x, y)
         >>> posterior.guide.rank
         2
@@ -842,7 +706,8 @@ class LowRank(_SVI):
 
     name = "low-rank"
     aliases = ("lowrank", "low_rank")
-    family = "low-rank"
+    guide_family = "low-rank"
+    variance_head = True
 
     def __init__(self, *, rank: Optional[int] = None, **kwargs):
         super().__init__(**kwargs)
@@ -852,12 +717,11 @@ class LowRank(_SVI):
         return {"init_scale": self.init_scale, "rank": self.rank}
 
     @classmethod
-    def _make_guide(cls, model, *, init_scale: float, rank: Optional[int]):
+    def _make_guide(cls, model, *, init_scale: float, rank: Optional[int], y: Optional[torch.Tensor] = None):
         g = autoguide.AutoLowRankMultivariateNormal(
-            model, init_loc_fn=init_to_network(model), init_scale=float(init_scale), rank=rank
+            model, init_loc_fn=init_to_network(model, y), init_scale=float(init_scale), rank=rank
         )
-        g._pyro_name = f"{model._uid}.AutoLowRankMultivariateNormal{next(_guide_counter)}"
-        return g
+        return cls._named(g, model)
 
 
 @register_method
@@ -869,17 +733,15 @@ class FullRank(_SVI):
     .. math:: q(z) = \mathcal N(z;\ \mu,\ LL^\top)
 
     with :math:`L` lower-triangular, :math:`D(D+3)/2` variational parameters
-    for :math:`D` latents.
+    for :math:`D` latents. Defaults (see the docs page "How the defaults were chosen"):
+    5000 steps, ``lr=1e-2``, ``lr_decay=0.1``, no KL warm-up.
 
     Args:
-        **kwargs: as :class:`MeanField` (without ``estimator``).
+        kl_warmup: steps of KL warm-up (default 0 = off; at most half of the steps).
+        {args}
 
     Example:
-        >>> import torch, torch.nn as nn
-        >>> from pyrobdl import BayesianNetwork, priors, likelihoods, inference
-        >>> x = torch.linspace(-1, 1, 20).unsqueeze(-1); y = x[:, 0] ** 2
-        >>> net = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
-        >>> model = BayesianNetwork(net, prior=priors.Normal(), likelihood=likelihoods.Gaussian(scale=0.1))
+        {example_setup}
         >>> posterior = inference.FullRank(num_steps=20, progress=False).fit(model, x, y)
         >>> posterior.guide.get_posterior().covariance_matrix.shape   # D = 25 weights
         torch.Size([25, 25])
@@ -891,15 +753,19 @@ class FullRank(_SVI):
 
     name = "full-rank"
     aliases = ("fullrank", "full_rank")
-    family = "full-rank"
+    guide_family = "full-rank"
+    max_weights = 5000
 
     @classmethod
-    def _make_guide(cls, model, *, init_scale: float):
+    def _make_guide(cls, model, *, init_scale: float, y: Optional[torch.Tensor] = None):
         D = sum(s.numel for s in model.latent_sites().values())
         if D > 20000:
             raise ValueError(
                 f"FullRank needs a {D}x{D} covariance; use LowRank(rank=...) or MeanField for this network"
             )
-        g = autoguide.AutoMultivariateNormal(model, init_loc_fn=init_to_network(model), init_scale=float(init_scale))
-        g._pyro_name = f"{model._uid}.AutoMultivariateNormal{next(_guide_counter)}"
-        return g
+        g = autoguide.AutoMultivariateNormal(model, init_loc_fn=init_to_network(model, y), init_scale=float(init_scale))
+        return cls._named(g, model)
+
+
+for _cls in (MeanField, LowRank, FullRank):
+    _cls.__doc__ = _cls.__doc__.replace("{args}", _SVI_ARGS).replace("{example_setup}", _EXAMPLE_SETUP)

@@ -158,6 +158,33 @@ def test_predict_uses_all_draws_or_thins(small_bnn_post):
         post.predict(x, num_samples=500)
 
 
+def test_draws_keep_the_chains_and_thin_within_each(small_bnn_post):
+    post, x, y = small_bnn_post
+    assert type(post).markov_chains and post.training_data[0] is post.x
+    d = post.draws()
+    assert d.markov_chains and d.num_chains == 2 and d.num_draws == 40
+    assert d.values["0.weight"].shape == (2, 40, 3, 1) and d.values["sigma"].shape == (2, 40)
+    assert set(d.sample_stats) >= {"diverging", "energy", "tree_depth"}
+    assert all(v.shape == (2, 40) for v in d.sample_stats.values())
+    thin = post.draws(21)  # 10 per chain, evenly spaced within each chain
+    idx = torch.linspace(0, 39, 10).round().long()
+    assert thin.num_draws == 10 and thin.values["2.weight"].shape == (2, 10, 1, 3)
+    for k, v in post.samples.items():
+        assert torch.equal(thin.values[k], v[:, idx])
+    for k, v in post.sample_stats.items():
+        assert torch.equal(thin.sample_stats[k], v[:, idx])
+    assert post.draws(1).num_draws == 1 and post.draws(10_000).num_draws == 40
+    assert thin.flat()["sigma"].shape == (20,)
+
+
+def test_nuts_defaults():
+    nuts, hmc = inference.NUTS(), inference.HMC()
+    assert (nuts.num_samples, nuts.warmup_steps, nuts.num_chains, nuts.max_tree_depth) == (500, 500, 2, 8)
+    assert (hmc.num_samples, hmc.warmup_steps, hmc.num_chains, hmc.num_steps) == (500, 500, 2, 20)
+    assert inference.NUTS.max_weights == inference.HMC.max_weights == 2000
+    assert not inference.NUTS.variance_head and inference.NUTS.family == "mcmc"
+
+
 def test_save_load_roundtrip(small_bnn_post, tmp_path):
     post, x, y = small_bnn_post
     path = tmp_path / "nuts.pt"

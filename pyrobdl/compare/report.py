@@ -3,7 +3,7 @@ r"""The comparison report written by :func:`pyrobdl.compare.compare`
 
 * tables of methods × metrics, mean ± standard error over splits, the best
   value of each column marked (bold in Markdown, ``<strong>`` in HTML) in the
-  direction of :data:`pyrobdl.compare.METRICS` (lower RMSE/NLL/CRPS/ECE...,
+  direction of :data:`pyrobdl.compare.evaluation.METRICS` (lower RMSE/NLL/CRPS/ECE...,
   higher LL/accuracy/AUROC, coverage closest to its level);
 * for the UCI benchmarks, the published numbers on the same splits
   (:data:`pyrobdl.datasets.PUBLISHED`) beside ours;
@@ -22,7 +22,7 @@ moved or zipped as a whole.
 
 Example::
 
-    from pyrobdl.report import write_report
+    from pyrobdl.compare.report import write_report
     written = write_report(results, "pyrobdl-report", artefacts)
     written["report"]["html"]        # 'report.html'
 """
@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from .compare import to_original_units
+from .evaluation import to_original_units
 
 __all__ = ["write_report", "metric_tables", "best_methods", "format_value", "save_figure_of"]
 
@@ -315,8 +315,8 @@ def _plot_ood(artefacts, plt, plots_mod, metrics_mod, kind: str, score_name: str
 
 def _make_plots(results, out_dir: Path, artefacts) -> Dict[str, Dict[str, str]]:
     plt = _plt()
-    from . import metrics as metrics_mod
-    from . import plots as plots_mod
+    from .. import metrics as metrics_mod
+    from .. import plots as plots_mod
 
     task = results["dataset"]["task"]
     made: Dict[str, Dict[str, str]] = {}
@@ -412,6 +412,17 @@ def _failures(results) -> List[Tuple[str, str]]:
     return out
 
 
+def _lists(results) -> List[Tuple[str, List[Tuple[str, str]], str]]:
+    """The report's lists that have entries, each as ``(title, [(method, text)], joiner)``:
+    MCMC diagnostics, failures, skipped methods."""
+    lists = [
+        ("MCMC diagnostics", _diagnostics_rows(results), ": "),
+        ("Failed", _failures(results), " failed on "),
+        ("Skipped", list((results.get("skipped") or {}).items()), ": "),
+    ]
+    return [item for item in lists if item[1]]
+
+
 def _published_rows(results) -> List[Tuple[str, str, str, str]]:
     pub = results.get("published")
     if not pub:
@@ -497,14 +508,8 @@ def _markdown(results, tables, plots) -> str:
                 "| --- | ---: | ---: | --- |"]
         out += [f"| {_md_escape(a)} | {b} | {c} | {_md_escape(d)} |" for a, b, c, d in pub]
         out.append("")
-    diag = _diagnostics_rows(results)
-    if diag:
-        out += ["## MCMC diagnostics", ""] + [f"- **{m}**: {_md_escape(t)}" for m, t in diag] + [""]
-    fails = _failures(results)
-    if fails:
-        out += ["## Failed", ""] + [f"- **{m}** failed on {_md_escape(t)}" for m, t in fails] + [""]
-    if results.get("skipped"):
-        out += ["## Skipped", ""] + [f"- **{m}**: {_md_escape(t)}" for m, t in results["skipped"].items()] + [""]
+    for title, items, joiner in _lists(results):
+        out += [f"## {title}", ""] + [f"- **{_md_escape(m)}**{joiner}{_md_escape(t)}" for m, t in items] + [""]
     if plots:
         out += ["## Plots", ""]
         for p in plots.values():
@@ -557,17 +562,9 @@ def _html(results, tables, plots) -> str:
         out += [f'<tr><td>{e(a)}</td><td class="num">{e(b)}</td><td class="num">{e(c)}</td><td>{e(d)}</td></tr>'
                 for a, b, c, d in pub]
         out.append("</tbody></table>")
-    diag = _diagnostics_rows(results)
-    if diag:
-        out += ["<h2>MCMC diagnostics</h2>", "<ul>"] + [f"<li><b>{e(m)}</b>: {e(t)}</li>" for m, t in diag] + ["</ul>"]
-    fails = _failures(results)
-    if fails:
-        out += ["<h2>Failed</h2>", "<ul>"]
-        out += [f'<li class="failed"><b>{e(m)}</b> failed on {e(t)}</li>' for m, t in fails]
-        out.append("</ul>")
-    if results.get("skipped"):
-        out += ["<h2>Skipped</h2>", "<ul>"]
-        out += [f"<li><b>{e(m)}</b>: {e(t)}</li>" for m, t in results["skipped"].items()]
+    for title, items, joiner in _lists(results):
+        css = ' class="failed"' if title == "Failed" else ""
+        out += [f"<h2>{e(title)}</h2>", "<ul>"] + [f"<li{css}><b>{e(m)}</b>{e(joiner)}{e(t)}</li>" for m, t in items]
         out.append("</ul>")
     if plots:
         out.append("<h2>Plots</h2>")
