@@ -335,7 +335,7 @@ class Summary:
     Example (not run here: sampling takes seconds)::
 
         s = diagnostics.summary(posterior)
-        print(s)            # function-space and weight-space R-hat/ESS, sampler statistics
+        str(s)              # function-space and weight-space R-hat/ESS, sampler statistics
         s.function_rhat_max, s.num_divergences, s.bfmi_min
         s.to_dict()         # plain data, as in pyrobdl compare's results.json
     """
@@ -493,8 +493,7 @@ def warn_if_problematic(
     Example (not run here: sampling takes seconds)::
 
         messages = diagnostics.warn_if_problematic(posterior, rhat_threshold=1.05)
-        if not messages:
-            print("no convergence problem found")
+        converged = not messages
     """
     s = posterior_or_summary if isinstance(posterior_or_summary, Summary) else summary(posterior_or_summary, x_grid=x_grid)
     msgs = []

@@ -4,12 +4,13 @@ a host sync only every ``sync_every`` steps (with the NaN/inf guard), a progress
 distribution argument validation off inside the loop (the data and the likelihood were
 checked once before it).
 
-**The likelihood's own latents** (a learned noise scale) get their own Adam parameter group
-with learning rate :math:`\max(\text{lr}, \text{LIKELIHOOD\_LR})`: Adam moves a parameter by
-about its learning rate per step whatever the gradient's size, so with the network's
-``lr = 1e-3`` a log-noise would need thousands of steps to move by one unit and the noise
-would stay near its start. Its own group makes the noise reach the residual scale at every
-learning rate a user would try (see :func:`param_groups`).
+**The likelihood's own latents** (a learned noise scale) train with learning rate
+:math:`\max(\text{lr}, \text{LIKELIHOOD\_LR})`: Adam moves a parameter by about its
+learning rate per step whatever the gradient's size, so with the network's ``lr = 1e-3`` a
+log-noise would need thousands of steps to move by one unit and the noise would stay near
+its start. SVI, whose latents are a slice of the guide's flat vector, gives that slice its
+own rate through ``slice_lr`` (:func:`slice_learning_rates`); the point methods store the
+latents rescaled instead (:func:`pyrobdl.inference.point.latent_lr_scale`).
 
 Example:
     >>> import torch
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .._util import ema
 
-__all__ = ["adam", "train", "param_groups", "slice_learning_rates", "LIKELIHOOD_LR", "SYNC_EVERY"]
+__all__ = ["adam", "train", "slice_learning_rates", "LIKELIHOOD_LR", "SYNC_EVERY"]
 
 #: the smallest learning rate of the likelihood's latents (e.g. a noise scale)
 LIKELIHOOD_LR = 2e-2
@@ -42,21 +43,6 @@ LIKELIHOOD_LR = 2e-2
 SYNC_EVERY = 50
 
 Params = Union[Sequence[torch.Tensor], Sequence[Dict]]
-
-
-def param_groups(params: Sequence[torch.Tensor], likelihood_params: Sequence[torch.Tensor], lr: float) -> List[Dict]:
-    """Adam parameter groups: ``params`` at ``lr``, the likelihood's latents at
-    ``max(lr, LIKELIHOOD_LR)`` (see the module docs). Empty groups are left out.
-
-    Example:
-        >>> import torch
-        >>> [g["lr"] for g in param_groups([torch.zeros(2)], [torch.zeros(1)], 1e-3)]
-        [0.001, 0.02]
-    """
-    groups = [{"params": list(params), "lr": float(lr)}]
-    if likelihood_params:
-        groups.append({"params": list(likelihood_params), "lr": max(float(lr), LIKELIHOOD_LR)})
-    return [g for g in groups if g["params"]]
 
 
 def slice_learning_rates(tensor: torch.Tensor, index: slice, lr: float) -> List[Tuple[torch.Tensor, slice, float]]:

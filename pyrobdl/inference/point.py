@@ -25,7 +25,7 @@ where :math:`\eta` are the likelihood's own latents (e.g. the noise scale :math:
 ``Gaussian()``), fitted by maximum likelihood as free parameters (one per ensemble member),
 started at the likelihood's :meth:`~pyrobdl.likelihoods.Likelihood.latent_init` (a learned
 Gaussian noise at a tenth of the targets' standard deviation) and trained with their own
-learning rate (:func:`pyrobdl.inference.optim.param_groups`). With ``weight_decay="prior"``
+learning rate (:func:`latent_lr_scale`). With ``weight_decay="prior"``
 the penalty is the MAP penalty of the model's Gaussian prior
 :math:`\theta_j\sim\mathcal N(\mu_j, s_j^2)` divided by the dataset size :math:`N` (the
 loss is a *mean* over data points),
@@ -240,9 +240,8 @@ def constrainer(model: BayesianNetwork) -> Callable[[Dict[str, torch.Tensor]], D
 
 
 def latent_lr_scale(lr: float) -> float:
-    r"""How the likelihood's latents get the learning rate ``max(lr, LIKELIHOOD_LR)`` of
-    :func:`pyrobdl.inference.optim.param_groups` inside the network's own Adam parameter
-    group: a latent :math:`u` is trained as :math:`u' = u / c` with
+    r"""How the likelihood's latents get the learning rate ``max(lr, LIKELIHOOD_LR)`` (see
+    :mod:`pyrobdl.inference.optim`) inside the network's own Adam parameter group: a latent :math:`u` is trained as :math:`u' = u / c` with
     :math:`c = \max(\text{lr}, \text{LIKELIHOOD\_LR}) / \text{lr}` and used as
     :math:`u = c\,u'`. Adam's step does not depend on the scale of the gradient (up to its
     :math:`\epsilon`, which shrinks to :math:`\epsilon / c`), so Adam at ``lr`` on
