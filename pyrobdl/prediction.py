@@ -93,6 +93,10 @@ def mixture_quantile(loc: torch.Tensor, scale: torch.Tensor, q: float, *, max_it
     return x
 
 
+def _sample_field(key: str, doc: str) -> property:
+    """A read-only view of ``self.samples[key]``."""
+    return property(lambda self: self.samples[key], doc=doc)
+
 
 class Prediction:
     """Base class of prediction objects.
@@ -168,13 +172,8 @@ class RegressionPrediction(Prediction):
         self.samples = {"loc": loc, "scale": scale}
 
     # -- moments -----------------------------------------------------------
-    @property
-    def loc_samples(self) -> torch.Tensor:
-        return self.samples["loc"]
-
-    @property
-    def scale_samples(self) -> torch.Tensor:
-        return self.samples["scale"]
+    loc_samples = _sample_field("loc", "Sampled means :math:`\\mu_s`, shape ``(S, N, *event)``.")
+    scale_samples = _sample_field("scale", "Sampled noise scales :math:`\\sigma_s`, shape of :attr:`loc_samples`.")
 
     @property
     def mean(self) -> torch.Tensor:
@@ -307,9 +306,7 @@ class ClassificationPrediction(Prediction):
             )
         self.samples = {"probs": probs}
 
-    @property
-    def probs_samples(self) -> torch.Tensor:
-        return self.samples["probs"]
+    probs_samples = _sample_field("probs", "Sampled class probabilities :math:`p_s`, shape ``(S, N, *event, C)``.")
 
     @property
     def num_classes(self) -> int:

@@ -147,9 +147,9 @@ def test_apply_checks_and_per_sample_inputs():
 # ----------------------------------------------------------------------------- the engine
 def test_engine_policy():
     cpu = torch.device("cpu")
-    # cache-sized passes on the CPU (16 MiB), equal chunks; rows split only when one sample is too big
-    assert engine.plan(1000, 100, row_bytes=800, device=cpu) == (200, 100)
-    assert engine.plan(100, 10_000, row_bytes=800, device=cpu) == (2, 10_000)
+    # cache-sized passes on the CPU (8 MiB), equal chunks; rows split only when one sample is too big
+    assert engine.plan(1000, 100, row_bytes=800, device=cpu) == (100, 100)
+    assert engine.plan(100, 10_000, row_bytes=800, device=cpu) == (1, 10_000)
     assert engine.plan(10, 100_000, row_bytes=800, device=cpu) == (1, engine.CPU_PASS_BYTES // 800)
     # elsewhere: everything max_memory allows
     assert engine.plan(100, 10_000, row_bytes=800, device=torch.device("meta")) == (50, 10_000)  # 67 fit: 2 equal chunks
@@ -157,7 +157,7 @@ def test_engine_policy():
     assert engine.plan(100, 10_000, row_bytes=800, chunk_size=50, device=cpu) == (50, 10_000)
     assert engine.plan(100, 10_000, row_bytes=800, chunk_size=50, max_memory=2**20, device=cpu) == (50, 26)
     # per-sample bytes (sampled weights) count against the pass
-    assert engine.plan(100, 10, row_bytes=800, sample_bytes=2**20, device=cpu) == (15, 10)
+    assert engine.plan(100, 10, row_bytes=800, sample_bytes=2**20, device=cpu) == (7, 10)
 
 
 @pytest.mark.parametrize("chain_net", [True, False])

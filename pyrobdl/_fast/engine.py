@@ -9,8 +9,8 @@ activations (measured once per input shape by :func:`row_bytes`) and one sample 
 :data:`CPU_PASS_BYTES`, which keeps the hidden activations cache-resident: elementwise
 layers are memory-bound there, and on the 1-50-50-1 tanh network of the benchmarks
 (``benchmarks/bench_svi.py``: S=1000, N=100 and S=100, N=10,000;
-``benchmarks/bench_baselines.py``: MC dropout at N=10 to 1000) passes of about 20,000
-sample-rows (16 MiB) were the fastest of both earlier engines, up to 2x faster than one pass
+``benchmarks/bench_baselines.py``: MC dropout at N=10 to 1000) passes of about 10,000
+sample-rows (8 MiB) were the fastest, up to 2x faster than one pass
 over everything. Other devices take everything ``max_memory`` allows in one pass. The
 samples are split into equal chunks; inputs are split only when one sample over all inputs
 exceeds the pass size. A given ``chunk_size`` fixes the samples per pass, and inputs are
@@ -25,8 +25,8 @@ all rows.
 Example:
     >>> import torch
     >>> chunk, rows = plan(1000, 100, row_bytes=800, device=torch.device("cpu"))
-    >>> chunk, rows                      # 5 passes of 200 samples x 100 inputs
-    (200, 100)
+    >>> chunk, rows                      # 10 passes of 100 samples x 100 inputs
+    (100, 100)
     >>> calls = []
     >>> def fn(s0, s1, xr, out):
     ...     calls.append((s0, s1, xr.shape[0]))
@@ -48,7 +48,7 @@ __all__ = ["DEFAULT_MAX_MEMORY", "CPU_PASS_BYTES", "plan", "run", "row_bytes"]
 #: bytes of activations one predictive pass may hold unless told (``max_memory``)
 DEFAULT_MAX_MEMORY = 512 * 2**20
 #: on the CPU, the bytes of activations one pass aims at (cache-sized passes, see the module docs)
-CPU_PASS_BYTES = 16 * 2**20
+CPU_PASS_BYTES = 8 * 2**20
 
 PassFn = Callable[[int, int, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
 
@@ -69,10 +69,10 @@ def plan(
     Example:
         >>> import torch
         >>> cpu = torch.device("cpu")
-        >>> plan(100, 10_000, row_bytes=800, device=cpu)           # 2 samples x all inputs
-        (2, 10000)
+        >>> plan(100, 10_000, row_bytes=800, device=cpu)           # 1 sample x all inputs
+        (1, 10000)
         >>> plan(10, 100_000, row_bytes=800, device=cpu)           # 1 sample x 20,971 inputs
-        (1, 20971)
+        (1, 10485)
         >>> plan(100, 1000, row_bytes=800, chunk_size=50, max_memory=2**20, device=cpu)
         (50, 26)
     """

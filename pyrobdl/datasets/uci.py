@@ -106,6 +106,21 @@ UCI_DATASETS: dict[str, _UCISpec] = {
     ]
 }
 
+
+def _read_published() -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+    """Parse the packaged table ``data/published_uci.csv`` (one row a dataset and method)."""
+    text = resources.files("pyrobdl.datasets").joinpath("data", "published_uci.csv").read_text()
+    lines = [ln for ln in text.splitlines() if ln.strip()]  # header first
+    out: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
+    for line in lines[1:]:
+        dataset, method, rmse, rmse_se, ll, ll_se = line.split(",")
+        out.setdefault(dataset, {})[method] = {
+            "rmse": (float(rmse), float(rmse_se)),
+            "ll": (float(ll), float(ll_se)),
+        }
+    return out
+
+
 #: Published test RMSE and log-likelihood on these splits, as (mean, standard
 #: error) in the target's original units; LL is the test log-likelihood
 #: (higher is better). Keys: dataset, then method: ``"vi"`` (Graves 2011, as
@@ -115,50 +130,7 @@ UCI_DATASETS: dict[str, _UCISpec] = {
 #: ``"ensemble"`` (Lakshminarayanan et al. 2017, 5 nets; they report NLL, stored
 #: here as LL = -NLL; their ± is larger than the others' -- read it as the
 #: spread they published, not necessarily a standard error).
-PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
-    "boston": {
-        "vi": {"rmse": (4.32, 0.29), "ll": (-2.90, 0.07)},
-        "pbp": {"rmse": (3.01, 0.18), "ll": (-2.57, 0.09)},
-        "mc-dropout": {"rmse": (2.97, 0.19), "ll": (-2.46, 0.06)},
-        "mc-dropout-10x": {"rmse": (2.80, 0.19), "ll": (-2.39, 0.05)},
-        "ensemble": {"rmse": (3.28, 1.00), "ll": (-2.41, 0.25)},
-    },
-    "concrete": {
-        "vi": {"rmse": (7.19, 0.12), "ll": (-3.39, 0.02)},
-        "pbp": {"rmse": (5.67, 0.09), "ll": (-3.16, 0.02)},
-        "mc-dropout": {"rmse": (5.23, 0.12), "ll": (-3.04, 0.02)},
-        "mc-dropout-10x": {"rmse": (4.81, 0.14), "ll": (-2.94, 0.02)},
-        "ensemble": {"rmse": (6.03, 0.58), "ll": (-3.06, 0.18)},
-    },
-    "energy": {
-        "vi": {"rmse": (2.65, 0.08), "ll": (-2.39, 0.03)},
-        "pbp": {"rmse": (1.80, 0.05), "ll": (-2.04, 0.02)},
-        "mc-dropout": {"rmse": (1.66, 0.04), "ll": (-1.99, 0.02)},
-        "ensemble": {"rmse": (2.09, 0.29), "ll": (-1.38, 0.22)},
-    },
-    "kin8nm": {
-        "vi": {"rmse": (0.10, 0.00), "ll": (0.90, 0.01)},
-        "pbp": {"rmse": (0.10, 0.00), "ll": (0.90, 0.01)},
-        "mc-dropout": {"rmse": (0.10, 0.00), "ll": (0.95, 0.01)},
-    },
-    "naval": {
-        "vi": {"rmse": (0.01, 0.00), "ll": (3.73, 0.12)},
-        "pbp": {"rmse": (0.01, 0.00), "ll": (3.73, 0.01)},
-        "mc-dropout": {"rmse": (0.01, 0.00), "ll": (3.80, 0.01)},
-    },
-    "power": {
-        "vi": {"rmse": (4.33, 0.04), "ll": (-2.89, 0.01)},
-        "pbp": {"rmse": (4.12, 0.03), "ll": (-2.84, 0.01)},
-        "mc-dropout": {"rmse": (4.02, 0.04), "ll": (-2.80, 0.01)},
-        "ensemble": {"rmse": (4.11, 0.17), "ll": (-2.79, 0.04)},
-    },
-    "protein": {
-        "vi": {"rmse": (4.84, 0.03), "ll": (-2.99, 0.01)},
-        "pbp": {"rmse": (4.73, 0.01), "ll": (-2.97, 0.00)},
-        "mc-dropout": {"rmse": (4.36, 0.01), "ll": (-2.89, 0.00)},
-        "ensemble": {"rmse": (4.71, 0.06), "ll": (-2.83, 0.02)},
-    },
-}
+PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float]]]] = _read_published()
 
 #: Where each method's numbers in :data:`PUBLISHED` come from.
 PUBLISHED_SOURCES: dict[str, str] = {
