@@ -35,7 +35,6 @@ import torch
 from pyro.nn import PyroModule, PyroSample
 from torch import nn
 
-import pyrobdl
 from pyrobdl import BayesianNetwork, inference, likelihoods, priors
 
 H = 50
@@ -227,7 +226,6 @@ def bench_train(quick):
         return run
 
     det = adam_loop(make_net())
-    res["floor_det_mlp_steps_s"] = steps / timeit(det, repeat=3)
 
     # The same floor with tanh computed as 2*sigmoid(2x) - 1, as pyrobdl's plain-chain path does on
     # the CPU (torch's CPU tanh is several times slower than sigmoid): the floor a user gets by
@@ -237,16 +235,42 @@ def bench_train(quick):
             return torch.sigmoid(h * 2.0).mul(2.0).sub(1.0)
 
     det_st = adam_loop(nn.Sequential(nn.Linear(1, H), SigmoidTanh(), nn.Linear(H, H), SigmoidTanh(), nn.Linear(H, 1)))
-    res["floor_det_mlp_sigmoid_tanh_steps_s"] = steps / timeit(det_st, repeat=3)
+    det(), det_st()  # warm-up
+
+    def clock(fn):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    # Paired rounds: every round times the floor right before the measured run, and a ratio is the
+    # median over rounds of the ratio within the round. A machine whose speed drifts over minutes
+    # (a shared VM) then moves both sides of each ratio together; the rates are medians too.
+    rounds = REPEATS or 3
+    med = statistics.median if STAT == "median" else max
+
+    def paired(rate_fn, floor=det):
+        """(median rate, median over rounds of floor rate / rate, floor rates)."""
+        rates, ratios, floors = [], [], []
+        rate_fn()  # warm-up
+        for _ in range(rounds):
+            f = steps / clock(floor)
+            r = rate_fn()
+            rates.append(r)
+            floors.append(f)
+            ratios.append(f / r)
+        pick = statistics.median if STAT == "median" else min
+        return med(rates), pick(ratios), floors
+
     # pyrobdl's mean-field under the settings that change its cost per step: the noise scale
     # learned (``Gaussian()``, the default: one more latent in the guide) or fixed
     # (``Gaussian(scale=0.1)``: the floor's squared error is a fixed-noise Gaussian NLL, so this is
-    # the like-for-like comparison), and the gradient estimator (``reparam``, the default, samples
-    # weights; ``local`` samples pre-activations: lower variance, more work per step).
+    # the like-for-like comparison), and the gradient estimator (``reparam``, samples weights;
+    # ``local`` samples pre-activations: lower variance, more work per step).
     # Keys: pyrobdl_meanfield_{learned,fixed}_noise_{reparam,local}_P{P}_steps_s;
-    # pyrobdl_meanfield_P{P}_steps_s is the default (learned noise, reparam).
+    # pyrobdl_meanfield_P{P}_steps_s is learned noise with reparam.
     variants = [("learned", "reparam", 1), ("learned", "reparam", 8), ("fixed", "reparam", 1),
                 ("learned", "local", 1), ("fixed", "local", 1)]
+    all_floors = []
     for noise, est, P in variants:
         lik = likelihoods.Gaussian() if noise == "learned" else likelihoods.Gaussian(scale=0.1)
         model = BayesianNetwork(make_net(), likelihood=lik)
@@ -254,19 +278,31 @@ def bench_train(quick):
         # (model copy, guide construction, data checks) is not counted as per-step cost
         short = inference.MeanField(num_steps=steps // 5, num_particles=P, estimator=est, progress=False)
         long = inference.MeanField(num_steps=steps, num_particles=P, estimator=est, progress=False)
-        t_short = timeit(lambda: short.fit(model, x, y), repeat=3)
-        t_long = timeit(lambda: long.fit(model, x, y), repeat=3)
+        setups = []
+
+        def rate():
+            t_short = clock(lambda: short.fit(model, x, y))
+            t_long = clock(lambda: long.fit(model, x, y))
+            if t_long <= t_short:  # a noisy machine: the long fit's rate, set-up included
+                return steps / t_long
+            per_step = (t_long - t_short) / (steps - steps // 5)
+            setups.append(t_short - (steps // 5) * per_step)
+            return 1.0 / per_step
+
         key = f"pyrobdl_meanfield_{noise}_noise_{est}_P{P}"
-        if t_long > t_short:
-            res[f"{key}_steps_s"] = (steps - steps // 5) / (t_long - t_short)
-            res[f"{key}_fit_setup_s"] = t_short - (steps // 5) * (t_long - t_short) / (steps - steps // 5)
-        else:  # a noisy machine: fall back to the long fit's rate, set-up included (flagged)
-            res[f"{key}_steps_s"] = steps / t_long
-            res[f"{key}_fit_setup_s"] = None
-            res[f"{key}_steps_s_fallback_long_fit_rate"] = True
+        r, ratio, floors = paired(rate)
+        all_floors += floors
+        res[f"{key}_steps_s"] = r
+        res[f"ratio_floor_over_{key}"] = ratio
+        res[f"{key}_fit_setup_s"] = statistics.median(setups) if setups else None
         if noise == "learned" and est == "reparam":
-            res[f"pyrobdl_meanfield_P{P}_steps_s"] = res[f"{key}_steps_s"]
+            res[f"pyrobdl_meanfield_P{P}_steps_s"] = r
             res[f"pyrobdl_meanfield_P{P}_fit_setup_s"] = res[f"{key}_fit_setup_s"]
+            if P == 1:
+                res["ratio_floor_over_pyrobdl_P1"] = ratio
+                # the same run against the sigmoid-tanh floor, paired the same way
+                _, res["ratio_sigmoid_tanh_floor_over_pyrobdl_P1"], st_floors = paired(rate, floor=det_st)
+                res["floor_det_mlp_sigmoid_tanh_steps_s"] = med(st_floors)
     for name, elbo in (("trace_elbo", pyro.infer.Trace_ELBO()), ("jit_trace_elbo", pyro.infer.JitTrace_ELBO())):
         m, g = plain_guide(x, y)
         svi = pyro.infer.SVI(m, g, pyro.optim.Adam({"lr": 1e-2}), elbo)
@@ -276,23 +312,15 @@ def bench_train(quick):
             for _ in range(n):
                 svi.step(x, y)
 
-        res[f"pyro_autonormal_{name}_steps_s"] = n / timeit(run, repeat=2)
+        r, ratio, floors = paired(lambda: n / clock(run))
+        all_floors += floors
+        res[f"pyro_autonormal_{name}_steps_s"] = r
+        res["ratio_floor_over_pyro_trace_elbo" if name == "trace_elbo" else "ratio_floor_over_pyro_jit"] = ratio
     m, g = plain_guide(x, y)
     svi8 = pyro.infer.SVI(m, g, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO(num_particles=8))
     res["pyro_autonormal_loop_P8_steps_s"] = 20 / timeit(lambda: [svi8.step(x, y) for _ in range(20)], repeat=2)
-    # the floor again, after the other runs (the machine may have warmed up): the mean of the two
-    # rounds (with STAT="min", their best, as before)
-    both = max if STAT == "min" else (lambda a, b: (a + b) / 2)
-    res["floor_det_mlp_steps_s"] = both(res["floor_det_mlp_steps_s"], steps / timeit(det, repeat=3))
-    res["floor_det_mlp_sigmoid_tanh_steps_s"] = both(res["floor_det_mlp_sigmoid_tanh_steps_s"], steps / timeit(det_st, repeat=3))
-    f = res["floor_det_mlp_steps_s"]
-    for noise, est, P in variants:
-        key = f"pyrobdl_meanfield_{noise}_noise_{est}_P{P}"
-        res[f"ratio_floor_over_{key}"] = f / res[f"{key}_steps_s"]
-    res["ratio_floor_over_pyrobdl_P1"] = f / res["pyrobdl_meanfield_P1_steps_s"]
-    res["ratio_sigmoid_tanh_floor_over_pyrobdl_P1"] = res["floor_det_mlp_sigmoid_tanh_steps_s"] / res["pyrobdl_meanfield_P1_steps_s"]
-    res["ratio_floor_over_pyro_trace_elbo"] = f / res["pyro_autonormal_trace_elbo_steps_s"]
-    res["ratio_floor_over_pyro_jit"] = f / res["pyro_autonormal_jit_trace_elbo_steps_s"]
+    res["floor_det_mlp_steps_s"] = med(all_floors)
+    res["floor_rounds"] = rounds
     res["particles8_cost_vs_P1"] = res["pyrobdl_meanfield_P1_steps_s"] / res["pyrobdl_meanfield_P8_steps_s"]
     res["pyro_loop8_cost_vs_pyro_P1"] = res["pyro_autonormal_trace_elbo_steps_s"] / res["pyro_autonormal_loop_P8_steps_s"]
     return res
