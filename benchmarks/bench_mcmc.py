@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import time
 import warnings
 
@@ -169,34 +168,140 @@ def run_ours(x, y, grid, seed, warmup, samples, *, compile=None, chains=1, dense
     }
 
 
-def run_numpyro(x, y, grid, seed, warmup, samples):
+def run_chees(x, y, grid, seed, warmup, samples, *, chains=64, compile=None):
+    """pyrobdl's ChEES-HMC: ``chains`` chains as one batched program (``samples`` draws each)."""
+    model = toy_model()
+    t0 = time.perf_counter()
+    post = inference.ChEESHMC(
+        num_chains=chains, num_samples=samples, warmup_steps=warmup, seed=seed, compile=compile,
+        progress=False, diagnose=False,
+    ).fit(model, x, y)
+    secs = time.perf_counter() - t0
+    d = function_diagnostics(post.model, post.samples, grid)
+    st = post.sample_stats
+    return {
+        "seconds": secs, "ess": d["ess"], "rhat_max": d["rhat_max"], "chains": chains,
+        "leapfrogs_per_draw": float(st["n_steps"].double().mean()),
+        "gradient_evaluations": post.fit_info["gradient_evaluations"],
+        "divergences": int(st["diverging"].sum()),
+    }
+
+
+def function_diagnostics(model: BayesianNetwork, chain_draws: dict, grid: torch.Tensor) -> dict:
+    """Median bulk ESS and max R-hat over the grid of the predictive mean, draws (C, S, ...)."""
+    C, S = next(iter(chain_draws.values())).shape[:2]
+    flat = {k: torch.as_tensor(v).reshape((C * S,) + tuple(v.shape[2:])) for k, v in chain_draws.items()}
+    with torch.no_grad():
+        pred = model.predict_from_samples(grid, flat)
+    d = diagnostics.rhat_ess(pred.loc_samples.reshape(C, S, -1).numpy())
+    return {"ess": float(np.median(d["ess_bulk"])), "rhat_max": float(np.max(d["rhat"])) if C > 1 else float("nan")}
+
+
+def _jax_toy_logdensity(x, y, H=10):
+    """The toy posterior in unconstrained space as a JAX function of a flat vector, and a map
+    from flat draws (C, S, D) to the BayesianNetwork's sites."""
+    import jax.numpy as jnp
+    from jax.scipy.stats import norm
+
+    X, Y = jnp.asarray(x.numpy()), jnp.asarray(y.numpy())
+    sizes = [("0.weight", (H, 1)), ("0.bias", (H,)), ("2.weight", (1, H)), ("2.bias", (1,))]
+
+    def unpack(z):
+        out, i = {}, 0
+        for name, shape in sizes:
+            n = int(np.prod(shape))
+            out[name] = z[..., i:i + n].reshape(z.shape[:-1] + shape)
+            i += n
+        out["sigma"] = jnp.exp(z[..., i])
+        return out, z[..., i]
+
+    def single(z):
+        p, log_sigma = unpack(z)
+        f = (jnp.tanh(X @ p["0.weight"].T + p["0.bias"]) @ p["2.weight"].T + p["2.bias"])[:, 0]
+        lp = sum(norm.logpdf(p[k]).sum() for k, _ in sizes)
+        lp += jnp.log(2.0) + norm.logpdf(p["sigma"]) + log_sigma  # HalfNormal(1) and the log-Jacobian
+        return lp + norm.logpdf(Y, f, p["sigma"]).sum()
+
+    def logdensity(z):  # one point (D,) or a batch (..., D)
+        return jnp.vectorize(single, signature="(d)->()")(z)
+
+    dim = sum(int(np.prod(s)) for _, s in sizes) + 1
+
+    def to_sites(zs):
+        vals, _ = unpack(zs)
+        return {k: torch.as_tensor(np.asarray(v)) for k, v in vals.items()}
+
+    return logdensity, dim, to_sites
+
+
+def run_numpyro_vectorized(x, y, grid, seed, warmup, samples, chains):
+    """NumPyro NUTS with ``chain_method="vectorized"`` (reference, not a dependency)."""
     try:
         import jax
         import jax.numpy as jnp
-        import numpyro
-        import numpyro.distributions as nd
         from numpyro.infer import MCMC as NMCMC, NUTS as NNUTS
     except ImportError:
         return None
-    H = 10
-
-    def model(x, y=None):
-        w0 = numpyro.sample("0.weight", nd.Normal(0.0, 1.0).expand([H, 1]).to_event(2))
-        b0 = numpyro.sample("0.bias", nd.Normal(0.0, 1.0).expand([H]).to_event(1))
-        w2 = numpyro.sample("2.weight", nd.Normal(0.0, 1.0).expand([1, H]).to_event(2))
-        b2 = numpyro.sample("2.bias", nd.Normal(0.0, 1.0).expand([1]).to_event(1))
-        sigma = numpyro.sample("sigma", nd.HalfNormal(1.0))
-        f = (jnp.tanh(x @ w0.T + b0) @ w2.T + b2)[:, 0]
-        with numpyro.plate("data", x.shape[0]):
-            numpyro.sample("obs", nd.Normal(f, sigma), obs=y)
-
-    mcmc = NMCMC(NNUTS(model), num_warmup=warmup, num_samples=samples, num_chains=1, progress_bar=False)
+    logdensity, dim, to_sites = _jax_toy_logdensity(x, y)
+    init = 0.1 * jax.random.normal(jax.random.PRNGKey(seed + 1), (chains, dim))
+    if chains == 1:
+        init = init[0]
+    mcmc = NMCMC(NNUTS(potential_fn=lambda z: -logdensity(z)), num_warmup=warmup, num_samples=samples,
+                 num_chains=chains, chain_method="vectorized", progress_bar=False)
     t0 = time.perf_counter()
-    mcmc.run(jax.random.PRNGKey(seed), jnp.asarray(x.numpy()), jnp.asarray(y.numpy()))
-    jax.block_until_ready(mcmc.get_samples())
+    mcmc.run(jax.random.PRNGKey(seed), init_params=init)
+    z = mcmc.get_samples(group_by_chain=True)
+    jax.block_until_ready(z)
     secs = time.perf_counter() - t0
-    draws = {k: torch.as_tensor(np.array(v)) for k, v in mcmc.get_samples(group_by_chain=True).items()}
-    return {"seconds": secs, "ess": function_ess(toy_model(), draws, grid), "version": numpyro.__version__}
+    d = function_diagnostics(toy_model(), to_sites(jnp.asarray(z)), grid)
+    return {"seconds": secs, **d, "chains": chains}
+
+
+def run_blackjax(x, y, grid, seed, warmup, samples, *, algorithm, chains):
+    """BlackJAX NUTS (window adaptation, one chain) or ChEES-HMC (``chains`` chains), for
+    reference (not dependencies)."""
+    try:
+        import blackjax
+        import jax
+        import jax.numpy as jnp
+        import optax
+    except ImportError:
+        return None
+    logdensity, dim, to_sites = _jax_toy_logdensity(x, y)
+    key = jax.random.PRNGKey(seed)
+    k_init, k_warm, k_draw = jax.random.split(key, 3)
+    t0 = time.perf_counter()
+    if algorithm == "nuts":
+        init = 0.1 * jax.random.normal(k_init, (dim,))
+        warm = blackjax.window_adaptation(blackjax.nuts, logdensity)
+        (state, params), _ = warm.run(k_warm, init, num_steps=warmup)
+        kernel = jax.jit(blackjax.nuts(logdensity, **params).step)
+
+        def one(state, k):
+            state, _ = kernel(k, state)
+            return state, state.position
+
+        _, zs = jax.lax.scan(one, state, jax.random.split(k_draw, samples))
+        zs = zs[None]
+    else:
+        init = 0.1 * jax.random.normal(k_init, (chains, dim))
+        warm = blackjax.chees_adaptation(logdensity, chains)
+        (states, params), _ = warm.run(k_warm, init, step_size=0.1, optim=optax.adam(0.025), num_steps=warmup)
+        step = jax.vmap(blackjax.dynamic_hmc(logdensity, **params).step)
+
+        def one(states, k):
+            states, _ = step(jax.random.split(k, chains), states)
+            return states, states.position
+
+        _, zs = jax.lax.scan(one, states, jax.random.split(k_draw, samples))
+        zs = jnp.swapaxes(zs, 0, 1)
+    jax.block_until_ready(zs)
+    secs = time.perf_counter() - t0
+    d = function_diagnostics(toy_model(), to_sites(zs), grid)
+    return {"seconds": secs, **d, "chains": chains if algorithm != "nuts" else 1}
+
+
+TABLE = []  # (label, seed, result) of every toy run, for the closing table
 
 
 def toy(args):
@@ -238,6 +343,9 @@ def toy(args):
             )
             print(f"[seed {seed}] ratio ours/Pyro (ESS/s): {(o['ess'] / o['seconds']) / (p['ess'] / p['seconds']):.1f}x", flush=True)
         rows.append(r)
+        TABLE.append(("pyrobdl NUTS, 1 chain", seed, {**o, "rhat_max": float("nan")}))
+        if not args.skip_pyro:
+            TABLE.append(("plain Pyro NUTS(jit_compile=True), 1 chain", seed, {**r["pyro"], "rhat_max": float("nan")}))
     if len(rows) > 1 and not args.skip_pyro:
         ours = sum(r["ours"]["ess"] for r in rows) / sum(r["ours"]["seconds"] for r in rows)
         theirs = sum(r["pyro"]["ess"] for r in rows) / sum(r["pyro"]["seconds"] for r in rows)
@@ -245,21 +353,63 @@ def toy(args):
     return rows
 
 
-def numpyro_reference(args):
-    """NumPyro on the same toy problem, for reference (run last: JAX starts threads,
-    and forking a process with JAX threads can deadlock)."""
+def chees_rows(args):
+    """pyrobdl's ChEES-HMC on the toy problem at each chain count of ``--chees-chains``."""
     grid = torch.linspace(-4, 4, 50).unsqueeze(-1)
+    rows = []
     for seed in args.seeds:
         x, y = toy_data(seed)
-        npy = run_numpyro(x, y, grid, seed, args.warmup, args.samples)
-        if npy is None:
-            print("NumPyro is not installed: no reference figure (optional; not a dependency)")
-            return
-        print(
-            f"[seed {seed}] NumPyro {npy['version']} NUTS on the toy problem (reference, not a dependency): "
-            f"{npy['seconds']:.1f} s, ESS {npy['ess']:.0f} -> {npy['ess'] / npy['seconds']:.2f} ESS/s",
-            flush=True,
-        )
+        for C in args.chees_chains:
+            r = run_chees(x, y, grid, seed, args.warmup, args.samples, chains=C)
+            rows.append((f"pyrobdl ChEES-HMC, {C} chains", seed, r))
+            print(
+                f"[seed {seed}] pyrobdl ChEES-HMC, {C} chains: {r['seconds']:.1f} s, fn-ESS {r['ess']:.0f} -> "
+                f"{r['ess'] / r['seconds']:.1f} ESS/s, fn R-hat max {r['rhat_max']:.3f}, "
+                f"{r['leapfrogs_per_draw']:.0f} leapfrog steps/draw, {r['divergences']} divergences",
+                flush=True,
+            )
+    return rows
+
+
+def references(args):
+    """NumPyro and BlackJAX on the same toy problem, for reference (run last: JAX starts
+    threads, and forking a process with JAX threads can deadlock)."""
+    grid = torch.linspace(-4, 4, 50).unsqueeze(-1)
+    rows = []
+    for seed in args.seeds:
+        x, y = toy_data(seed)
+        runs = [
+            ("NumPyro NUTS, 1 chain", lambda: run_numpyro_vectorized(x, y, grid, seed, args.warmup, args.samples, 1)),
+            ("NumPyro NUTS, 4 chains vectorized", lambda: run_numpyro_vectorized(x, y, grid, seed, args.warmup, args.samples, 4)),
+            ("BlackJAX NUTS (window adaptation), 1 chain",
+             lambda: run_blackjax(x, y, grid, seed, args.warmup, args.samples, algorithm="nuts", chains=1)),
+            ("BlackJAX ChEES-HMC, 64 chains",
+             lambda: run_blackjax(x, y, grid, seed, args.warmup, args.samples, algorithm="chees", chains=64)),
+        ]
+        for label, fn in runs:
+            r = fn()
+            if r is None:
+                print(f"{label}: not installed (optional reference; pip install numpyro blackjax optax)")
+                continue
+            rows.append((label, seed, r))
+            print(f"[seed {seed}] {label}: {r['seconds']:.1f} s, fn-ESS {r['ess']:.0f} -> {r['ess'] / r['seconds']:.1f} ESS/s, "
+                  f"fn R-hat max {r['rhat_max']:.3f}", flush=True)
+    return rows
+
+
+def table(rows, base_label="pyrobdl NUTS, 1 chain"):
+    """fn-ESS per second of every sampler, pooled over seeds, with its ratio to pyrobdl NUTS."""
+    pooled = {}
+    for label, _seed, r in rows:
+        e, t, rh = pooled.get(label, (0.0, 0.0, float("nan")))
+        new = r.get("rhat_max", float("nan"))
+        rh = new if math.isnan(rh) else (rh if math.isnan(new) else max(rh, new))
+        pooled[label] = (e + r["ess"], t + r["seconds"], rh)
+    base = pooled.get(base_label)
+    print("\n| sampler | fn-ESS/s | fn R-hat max | vs pyrobdl NUTS, 1 chain |\n| --- | --- | --- | --- |")
+    for label, (e, t, rh) in pooled.items():
+        ratio = f"{(e / t) / (base[0] / base[1]):.1f}x" if base else "-"
+        print(f"| {label} | {e / t:.1f} | {'- (one chain)' if math.isnan(rh) else f'{rh:.3f}'} | {ratio} |")
 
 
 def boston(args):
@@ -298,7 +448,10 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--skip-pyro", action="store_true", help="skip the (slow) plain Pyro baseline")
-    ap.add_argument("--skip-numpyro", action="store_true")
+    ap.add_argument("--skip-numpyro", action="store_true", help="skip the NumPyro and BlackJAX references")
+    ap.add_argument("--skip-nuts", action="store_true", help="skip pyrobdl's NUTS on the toy")
+    ap.add_argument("--chees-chains", type=int, nargs="+", default=[16, 64],
+                    help="chain counts of pyrobdl's ChEES-HMC on the toy (default 16 64)")
     ap.add_argument("--eager", action="store_true", help="also time pyrobdl with compile=False")
     ap.add_argument("--dense", action="store_true", help="also time pyrobdl with dense_mass=True")
     ap.add_argument("--boston-warmup", type=int, default=500)
@@ -311,11 +464,15 @@ def main(argv=None):
         flush=True,
     )
     if args.only in (None, "toy"):
-        toy(args)
+        if not args.skip_nuts:
+            toy(args)
+        TABLE.extend(chees_rows(args))
     if args.only in (None, "boston"):
         boston(args)
-    if args.only in (None, "toy") and not args.skip_numpyro:
-        numpyro_reference(args)
+    if args.only in (None, "toy"):
+        if not args.skip_numpyro:
+            TABLE.extend(references(args))
+        table(TABLE)
 
 
 if __name__ == "__main__":

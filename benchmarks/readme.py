@@ -16,7 +16,9 @@ What a measurement fixes and records (``conditions`` and ``protocol`` in the JSO
   ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` set to ``T``; the README shows one column per
   thread count. The environment the command itself was started with is recorded too.
 * **Statistic.** Every time is the median of ``--repeats`` (default 5) timed calls after one
-  warm-up call, never a minimum; ratios are of the medians.
+  warm-up call, never a minimum; ratios are of the medians, except the SVI training ratios,
+  which are the median over paired rounds (the floor timed right before each measured run) of
+  the ratio within the round.
 * **``pyro.infer.Predictive``** is timed warm like ``predict``: built once, one warm-up call,
   median of the timed calls (``parallel=False``, its default; ``parallel=True`` fails on the
   tutorial-style model). The first call of each, set-up included, is recorded and shown apart.
@@ -429,7 +431,10 @@ def _conditions_text(data: dict) -> str:
             f"in its own fresh process with `torch.set_num_threads` and "
             + ", ".join(f"`{k}`" for k in THREAD_ENV)
             + f" set to it{env_text}. Every time is the median of {p.get('repeats', '?')} timed calls after one "
-            f"warm-up call, and every ratio a ratio of medians; memory and gradient variance were measured in "
+            f"warm-up call, and every ratio a ratio of medians, except the SVI training ratios: the median over "
+            f"{get(data, 'threads.1.svi.train.floor_rounds') or 'the'} paired rounds of the ratio within a round (the floor "
+            "timed right before each measured run, so a drift of the machine's speed moves both sides); "
+            "memory and gradient variance were measured in "
             f"the first thread count's run only.{load_text}")
     if data.get("quick"):
         text = "**Quick mode (`--quick`): a smoke test of the script, not a measurement.** " + text

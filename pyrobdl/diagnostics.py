@@ -69,6 +69,7 @@ __all__ = [
     "summary",
     "function_space_diagnostics",
     "rhat_ess",
+    "nested_rhat",
     "warn_if_problematic",
     "to_arviz",
     "pointwise_log_likelihood",
@@ -198,6 +199,60 @@ def rhat_ess(values: np.ndarray) -> Dict[str, np.ndarray]:
     return {k: v.reshape(-1) for k, v in out.items()}
 
 
+def nested_rhat(values: np.ndarray, num_superchains: int) -> np.ndarray:
+    r"""Nested R-hat (Margossian et al. 2022) of ``values`` shaped ``(chains, draws[, K])``,
+    one per column, with the chains grouped into ``num_superchains`` consecutive blocks of
+    :math:`M` chains (the chains of a superchain started from the same point):
+
+    .. math::
+
+        \mathfrak n\hat R = \sqrt{1 + \hat B_\nu/\hat W_\nu},\quad
+        \hat B_\nu = \tfrac1{K-1}\sum_k(\bar f_{\cdot\cdot k}-\bar f_{\cdot\cdot\cdot})^2,\quad
+        \hat W_\nu = \tfrac1K\sum_k\big(\tilde B_k + \tilde W_k\big),
+
+    with :math:`\tilde B_k` the variance of the chain means within superchain :math:`k`
+    (0 for :math:`M=1`) and :math:`\tilde W_k` the mean within-chain variance (0 for a
+    single draw). Designed for many short chains: it stays meaningful when each chain has
+    only a few draws, where the classic R-hat cannot tell mixing from not. Values near 1
+    (below about 1.01-1.05) say the superchains agree.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> round(float(nested_rhat(rng.normal(size=(32, 50)), 8)[0]), 2)
+        1.0
+        >>> shifted = rng.normal(size=(32, 50)) + np.repeat([0.0, 2.0], 16)[:, None]
+        >>> bool(nested_rhat(shifted, 8)[0] > 1.2)
+        True
+
+    Reference:
+        C. C. Margossian, M. D. Hoffman, P. Sountsov, L. Riou-Durand, A. Vehtari and
+        A. Gelman, *Nested R-hat: assessing the convergence of Markov chain Monte Carlo
+        when running many short chains*, arXiv:2110.13017 (2022).
+    """
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise ValueError(f"values must have shape (chains, draws[, K]), got {a.shape}")
+    C, N = a.shape[:2]
+    if not isinstance(num_superchains, (int, np.integer)) or num_superchains < 2 or C % num_superchains:
+        raise ValueError(
+            f"num_superchains must be an integer >= 2 that divides the {C} chains, got {num_superchains!r}"
+        )
+    K = int(num_superchains)
+    M = C // K
+    a = a.reshape(K, M, N, -1)
+    chain_means = a.mean(2)                       # (K, M, cols)
+    super_means = chain_means.mean(1)             # (K, cols)
+    between = super_means.var(0, ddof=1)
+    within_b = chain_means.var(1, ddof=1) if M > 1 else np.zeros_like(super_means)
+    within_w = a.var(2, ddof=1).mean(1) if N > 1 else np.zeros_like(super_means)
+    within = (within_b + within_w).mean(0)
+    with np.errstate(all="ignore"):
+        return np.sqrt(1.0 + between / within).reshape(-1)
+
+
 def _nanmax(a) -> float:
     a = np.asarray(a, dtype=float)
     return float(np.nanmax(a)) if a.size and np.isfinite(a).any() else float("nan")
@@ -227,6 +282,10 @@ class FunctionSpaceDiagnostics:
         quantity: ``"mean"`` (regression: the per-draw predictive mean
             :math:`\\mu_\\theta(x)`) or ``"probs"`` (classification: per-draw
             class probabilities).
+        nested_rhat, nested_rhat_max: :func:`nested_rhat` per grid value and its
+            maximum, for posteriors whose chains form superchains
+            (``fit_info["num_superchains"]``, e.g. :class:`~pyrobdl.inference.ChEESHMC`);
+            ``None`` otherwise.
 
     Example (not run here: sampling takes seconds)::
 
@@ -239,16 +298,19 @@ class FunctionSpaceDiagnostics:
     ess_tail: np.ndarray
     num_points: int
     quantity: str
+    nested_rhat: Optional[np.ndarray] = None
     rhat_max: float = field(init=False)
     ess_bulk_min: float = field(init=False)
     ess_bulk_median: float = field(init=False)
     ess_tail_min: float = field(init=False)
+    nested_rhat_max: Optional[float] = field(init=False, default=None)
 
     def __post_init__(self):
         self.rhat_max = _nanmax(self.rhat)
         self.ess_bulk_min = _nanmin(self.ess_bulk)
         self.ess_bulk_median = _nanmedian(self.ess_bulk)
         self.ess_tail_min = _nanmin(self.ess_tail)
+        self.nested_rhat_max = None if self.nested_rhat is None else _nanmax(self.nested_rhat)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -258,6 +320,7 @@ class FunctionSpaceDiagnostics:
             "ess_tail_min": self.ess_tail_min,
             "num_points": self.num_points,
             "quantity": self.quantity,
+            "nested_rhat_max": self.nested_rhat_max,
         }
 
 
@@ -319,7 +382,17 @@ def function_space_diagnostics(
     vals = function_values(posterior, grid, num_samples=num_samples)
     d = rhat_ess(vals)
     quantity = "mean" if posterior.model.likelihood.task == "regression" else "probs"
-    return FunctionSpaceDiagnostics(d["rhat"], d["ess_bulk"], d["ess_tail"], int(grid.shape[0]), quantity)
+    K = _superchains(posterior, vals.shape[0])
+    nested = None if K is None else nested_rhat(vals, K)
+    return FunctionSpaceDiagnostics(d["rhat"], d["ess_bulk"], d["ess_tail"], int(grid.shape[0]), quantity, nested)
+
+
+def _superchains(posterior, num_chains: int) -> Optional[int]:
+    """The posterior's number of superchains when it has a valid one for ``num_chains``."""
+    K = getattr(posterior, "fit_info", {}).get("num_superchains")
+    if isinstance(K, (int, np.integer)) and K >= 2 and num_chains % K == 0:
+        return int(K)
+    return None
 
 
 # ============================================================================ summary
@@ -350,6 +423,8 @@ class Summary:
     function_ess_bulk_min: Optional[float]
     function_ess_bulk_median: Optional[float]
     function_ess_tail_min: Optional[float]
+    function_nested_rhat_max: Optional[float] = None
+    num_superchains: Optional[int] = None
     num_divergences: Optional[int] = None
     step_size_mean: Optional[float] = None
     tree_depth_mean: Optional[float] = None
@@ -371,6 +446,10 @@ class Summary:
             "function space (trust these):",
             f"  R-hat max {f(self.function_rhat_max)}   bulk ESS min/median {f(self.function_ess_bulk_min, '{:.0f}')}/"
             f"{f(self.function_ess_bulk_median, '{:.0f}')}   tail ESS min {f(self.function_ess_tail_min, '{:.0f}')}",
+        ]
+        if self.function_nested_rhat_max is not None:
+            lines.append(f"  nested R-hat max {f(self.function_nested_rhat_max)} ({self.num_superchains} superchains)")
+        lines += [
             "weight space (symmetric modes make these pessimistic for BNNs):",
             f"  R-hat max {f(self.rhat_max)}   bulk ESS min {f(self.ess_bulk_min, '{:.0f}')}   tail ESS min {f(self.ess_tail_min, '{:.0f}')}",
         ]
@@ -442,6 +521,8 @@ def summary(
         function_ess_bulk_min=None if fs is None else fs.ess_bulk_min,
         function_ess_bulk_median=None if fs is None else fs.ess_bulk_median,
         function_ess_tail_min=None if fs is None else fs.ess_tail_min,
+        function_nested_rhat_max=None if fs is None else fs.nested_rhat_max,
+        num_superchains=_superchains(posterior, int(C)),
         per_site=per_site,
     )
     # sampler statistics of every iteration (not only of the thinned draws)

@@ -93,7 +93,7 @@ def test_compare_toy_default_methods(tmp_path, capsys):
         assert {"ood_auroc_std", "ood_auroc_epistemic"} <= set(entry["splits"][0]["metrics"])
     pngs = ["metrics.png", "predictive_1d.png", "calibration.png", "ood_std.png"]
     for name, entry in results["methods"].items():  # MCMC: diagnostics summary and trace/rank plots
-        if name in ("nuts", "hmc"):
+        if name in ("nuts", "hmc", "chees-hmc"):
             diag = entry["splits"][0]["diagnostics"]
             assert diag["summary"]["num_draws"] == compare_mod.QUICK_OPTIONS[name]["num_samples"]
             assert "rhat_max" in diag["summary"] and "function_rhat_max" in diag["summary"]

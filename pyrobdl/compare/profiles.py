@@ -78,6 +78,7 @@ TOY_OPTIONS: Dict[str, Dict[str, Any]] = {
     "ensemble": {"size": 5, "num_steps": 2000, "lr": 1e-2, "epochs": None, "batch_size": None},
     "nuts": {"num_samples": 200, "warmup_steps": 200, "num_chains": 2, "max_tree_depth": 6},
     "hmc": {"num_samples": 200, "warmup_steps": 200, "num_chains": 2, "num_steps": 20},
+    "chees-hmc": {"num_samples": 100, "warmup_steps": 300},
 }
 
 #: Tiny settings for ``quick=True`` (smoke tests: seconds, not quality).
@@ -90,6 +91,8 @@ QUICK_OPTIONS: Dict[str, Dict[str, Any]] = {
     "ensemble": {"size": 3, "num_steps": 200, "lr": 1e-2, "epochs": None, "batch_size": None},
     "nuts": {"num_samples": 30, "warmup_steps": 30, "num_chains": 2, "max_tree_depth": 4, "diagnose": False},
     "hmc": {"num_samples": 30, "warmup_steps": 30, "num_chains": 2, "num_steps": 8, "diagnose": False},
+    "chees-hmc": {"num_samples": 30, "warmup_steps": 30, "num_chains": 8, "init_steps": 20, "compile": False,
+                  "diagnose": False},
 }
 
 

@@ -3,7 +3,7 @@
 from .base import Draws, Inference, Posterior, fit
 from .registry import available_methods, get_method, methods, register_method
 from .svi import FullRank, LowRank, MeanField, SVIPosterior
-from .mcmc import HMC, NUTS, MCMCPosterior
+from .mcmc import HMC, NUTS, ChEESHMC, ChEESPosterior, MCMCPosterior
 from .dropout import DropConnectPosterior, DropoutPosterior, MCDropConnect, MCDropout
 from .ensemble import DeepEnsemble, EnsemblePosterior
 
@@ -28,5 +28,7 @@ __all__ = [
     "EnsemblePosterior",
     "NUTS",
     "HMC",
+    "ChEESHMC",
+    "ChEESPosterior",
     "MCMCPosterior",
 ]

@@ -43,7 +43,9 @@ The package: :mod:`~pyrobdl.inference.mcmc.potential` (the flat potential and it
 leapfrog step), :mod:`~pyrobdl.inference.mcmc.kernels` (the NUTS and HMC transition
 kernels), :mod:`~pyrobdl.inference.mcmc.runner` (chains in this process or in worker
 processes), :mod:`~pyrobdl.inference.mcmc.samplers` (the :class:`NUTS` and :class:`HMC`
-methods) and :mod:`~pyrobdl.inference.mcmc.posterior` (:class:`MCMCPosterior`).
+methods), :mod:`~pyrobdl.inference.mcmc.chees` (:class:`ChEESHMC`: many chains as one
+batched tensor program, the reference sampler), :mod:`~pyrobdl.inference.mcmc.base`
+(:class:`MCMCMethod`, the settings and starting points they share) and :mod:`~pyrobdl.inference.mcmc.posterior` (:class:`MCMCPosterior`).
 
 Example::
 
@@ -61,15 +63,20 @@ References:
     A. Vehtari et al., *Rank-normalization, folding, and localization: an improved
     R-hat for assessing convergence of MCMC*, Bayesian Analysis 16 (2021).
 """
+from .base import MCMCMethod
 from .kernels import FlatHMCKernel, FlatNUTSKernel
 from .posterior import MAX_SAVED_DATA, HMCPosterior, MCMCPosterior
 from .potential import FlatPotential
 from .runner import SMALL_WORK
 from .samplers import HMC, LARGE_NETWORK_WARNING, NUTS
+from .chees import ChEESHMC, ChEESPosterior
 
 __all__ = [
     "NUTS",
     "HMC",
+    "ChEESHMC",
+    "ChEESPosterior",
+    "MCMCMethod",
     "MCMCPosterior",
     "HMCPosterior",
     "FlatPotential",

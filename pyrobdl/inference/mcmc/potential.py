@@ -96,6 +96,12 @@ class FlatPotential:
 
         return potential
 
+    @property
+    def function(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The bare potential ``z (..., D) -> U(z) (...)``, traceable by :func:`torch.compile`
+        and :mod:`torch.func` (call it with Pyro's validation off)."""
+        return self._potential
+
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         """:math:`U(z)` for ``z`` of shape ``(..., D)`` (differentiable)."""
         with pyro.validation_enabled(False):

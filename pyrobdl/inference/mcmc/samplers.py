@@ -5,15 +5,16 @@ the chains (:mod:`~pyrobdl.inference.mcmc.runner`) with the flat kernels
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
 from ..._util import check_positive_float, check_positive_int, warn_user
 from ...network import BayesianNetwork
-from ..base import Data, Inference, Posterior
+from ..base import Data
 from ..registry import register_method
+from .base import MCMCMethod
 from .kernels import FlatHMCKernel, FlatNUTSKernel
 from .posterior import HMCPosterior, MCMCPosterior
 from .potential import FlatPotential
@@ -61,68 +62,21 @@ _SHARED_ARGS = """num_samples: draws kept per chain (>= 1; default 500).
             torch's RNG (so ``pyro.set_rng_seed`` makes runs reproducible too)."""
 
 
-class _MCMCBase(Inference):
-    family = "mcmc"
-    max_weights = 2000
-    posterior_cls = MCMCPosterior
+class _MCMCBase(MCMCMethod):
+    """NUTS and HMC: Pyro kernels on the flat potential, one chain per process."""
 
-    def __init__(
-        self,
-        *,
-        num_samples: int = 500,
-        warmup_steps: int = 500,
-        num_chains: int = 2,
-        step_size: Optional[float] = None,
-        target_accept: float = 0.8,
-        adapt_step_size: bool = True,
-        adapt_mass_matrix: bool = True,
-        dense_mass: bool = False,
-        init: Union[str, Posterior, Mapping[str, torch.Tensor]] = "prior",
-        init_steps: int = 500,
-        chain_method: str = "auto",
-        compile: Optional[bool] = None,
-        diagnose: bool = True,
-        **kwargs,
-    ):
+    SETTINGS = MCMCMethod.SETTINGS + ("dense_mass",)
+
+    def __init__(self, *, dense_mass: bool = False, chain_method: str = "auto", **kwargs):
         super().__init__(**kwargs)
-        self.num_samples = check_positive_int(num_samples, "num_samples")
-        self.warmup_steps = check_positive_int(warmup_steps, "warmup_steps", minimum=0)
-        self.num_chains = check_positive_int(num_chains, "num_chains")
-        self.step_size = None if step_size is None else check_positive_float(step_size, "step_size")
-        ta = float(target_accept) if isinstance(target_accept, (int, float)) and not isinstance(target_accept, bool) else None
-        if ta is None or not (0.0 < ta < 1.0):
-            raise ValueError(f"target_accept must be a probability in (0, 1) (typically 0.8-0.99), got {target_accept!r}")
-        self.target_accept = ta
-        self.adapt_step_size = bool(adapt_step_size)
-        self.adapt_mass_matrix = bool(adapt_mass_matrix)
         self.dense_mass = bool(dense_mass)
-        if isinstance(init, str):
-            if init not in ("prior", "map", "vi"):
-                raise ValueError(f"init must be 'prior', 'map', 'vi', a fitted SVIPosterior or a dict of site values, got {init!r}")
-        elif not isinstance(init, (Posterior, Mapping)):
-            raise ValueError(f"init must be 'prior', 'map', 'vi', a fitted SVIPosterior or a dict of site values, got {type(init).__name__}")
-        self.init = init
-        self.init_steps = check_positive_int(init_steps, "init_steps")
         if chain_method not in ("auto", "parallel", "sequential"):
             raise ValueError(f"chain_method must be 'auto', 'parallel' or 'sequential', got {chain_method!r}")
         self.chain_method = chain_method
-        if compile is not None and not isinstance(compile, bool):
-            raise ValueError(f"compile must be True, False or None (auto), got {compile!r}")
-        self.compile = compile
-        self.diagnose = bool(diagnose)
 
     # hooks --------------------------------------------------------------------
     def _make_kernel(self, pot: FlatPotential):
         raise NotImplementedError
-
-    #: the settings recorded in ``fit_info["settings"]``
-    SETTINGS: Tuple[str, ...] = (
-        "num_samples", "warmup_steps", "num_chains", "step_size", "target_accept",
-        "adapt_step_size", "adapt_mass_matrix", "dense_mass",
-    )
-
-    def _settings(self) -> Dict[str, Any]:
-        return {k: getattr(self, k) for k in self.SETTINGS}
 
     def _kernel_options(self) -> Dict[str, Any]:
         """The options every flat kernel takes."""
@@ -134,49 +88,6 @@ class _MCMCBase(Inference):
             "target_accept_prob": self.target_accept,
         }
 
-    # helpers -------------------------------------------------------------------
-    def _use_compile(self) -> bool:
-        if self.compile is not None:
-            return self.compile
-        # auto: compilation costs a few seconds once, and pays off when the run
-        # takes many gradient evaluations (always, except for toy runs)
-        return (self.warmup_steps + self.num_samples) * self.num_chains >= 400
-
-    def _initial_points(self, pot: FlatPotential, model: BayesianNetwork, x, y) -> Tuple[torch.Tensor, str]:
-        C = self.num_chains
-        init = self.init
-        if isinstance(init, str) and init == "prior":
-            return pot.finite_prior_draws(C), "prior"
-        if isinstance(init, str) and init == "map":
-            return pot.find_map(pot.finite_prior_draws(C), num_steps=self.init_steps), "map"
-        if isinstance(init, str) and init == "vi":
-            from ..svi import MeanField
-
-            init = MeanField(num_steps=max(self.init_steps, 1000), lr=1e-2, progress=False).fit(model, x, y)
-        if isinstance(init, Posterior):
-            from ..svi import SVIPosterior
-
-            if not isinstance(init, SVIPosterior):
-                raise ValueError(f"init must be a fitted SVIPosterior (or 'prior', 'map', 'vi'), got {type(init).__name__}")
-            sites, theirs = model.latent_sites(), init.model.latent_sites()
-            if list(sites) != list(theirs) or any(sites[k].shape != theirs[k].shape for k in sites):
-                raise ValueError(
-                    "init is a posterior of a model with different latent sites; fit it on the same BayesianNetwork"
-                )
-            # chain 0 starts at the posterior mean, the others at draws from q (mean + jitter)
-            mean = pot.pack(init.mean_latents()).unsqueeze(0)
-            if C == 1:
-                return mean, "vi"
-            draws = pot.pack(init.sample_latents(C - 1))
-            return torch.cat([mean, draws], 0), "vi"
-        # a dict of site values, shared (C == leading dim) or broadcast to every chain
-        z = pot.pack(init)
-        if z.dim() == 1:
-            z = z.expand(C, -1).clone()
-        if z.shape[0] != C:
-            raise ValueError(f"init gives {z.shape[0]} starting points but num_chains={C}; give one per chain or one in all")
-        return z, "values"
-
     # the fit -----------------------------------------------------------------------
     def _fit(self, model: BayesianNetwork, data: Data) -> MCMCPosterior:
         """Sample the posterior of ``model`` given full-batch tensors.
@@ -185,11 +96,7 @@ class _MCMCBase(Inference):
             ValueError: a DataLoader (MCMC needs the whole data set as tensors) or bad
                 init values.
         """
-        if data.loader is not None:
-            raise ValueError(
-                "HMC/NUTS needs the full data set as tensors (every step uses all of it); "
-                "pass x and y tensors instead of a DataLoader"
-            )
+        self._check_full_batch(data)
         x, y = data.x, data.y
         D = model.num_bayesian_parameters
         if D > LARGE_NETWORK_WARNING:
@@ -199,11 +106,11 @@ class _MCMCBase(Inference):
                 "inference.MeanField or inference.LowRank (or make only the last layer Bayesian with bayesian='last')."
             )
         # the template seeded the generators; chain c then runs on seed + c
-        base_seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        base_seed = self._base_seed()
         t0 = time.perf_counter()
         pot = FlatPotential(model, x, y, compile=self._use_compile())
         torch.manual_seed(base_seed)
-        init, init_kind = self._initial_points(pot, model, x, y)
+        init, init_kind = self.initial_points(pot, model, x, y)
         method, workers, threads = plan_chains(self.chain_method, self.num_chains, pot)
         t_init = time.perf_counter()
         # compile once, before any fork, under the thread count and grad mode the chains use
@@ -251,9 +158,6 @@ class _MCMCBase(Inference):
 
             diagnostics.warn_if_problematic(post)
         return post
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(num_samples={self.num_samples}, warmup_steps={self.warmup_steps}, num_chains={self.num_chains}, seed={self.seed!r})"
 
 
 @register_method
