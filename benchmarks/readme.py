@@ -20,7 +20,8 @@ What a measurement fixes and records (``conditions`` and ``protocol`` in the JSO
   which are the median over paired rounds (the floor timed right before each measured run) of
   the ratio within the round.
 * **``pyro.infer.Predictive``** is timed warm like ``predict``: built once, one warm-up call,
-  median of the timed calls (``parallel=False``, its default; ``parallel=True`` fails on the
+  then paired rounds with ``predict`` (one call of each, back to back), the speed-up the median
+  of the per-round ratios (``parallel=False``, its default; ``parallel=True`` fails on the
   tutorial-style model). The first call of each, set-up included, is recorded and shown apart.
 * **SVI training** against the floor (a deterministic MLP trained with Adam on a squared error):
   pyrobdl's mean-field with the noise scale learned (``likelihoods.Gaussian()``, the default)
@@ -299,7 +300,7 @@ def _predict_rows() -> List[Row]:
             return "—", None
         return f"+{d:.0f} MB (one-shot batched pass +{naive:.0f} MB)" if _num(naive) else f"+{d:.0f} MB", d
 
-    warm = "both warm: built once, one warm-up call, median of the timed calls; `Predictive(parallel=False)`"
+    warm = "both warm: built once, one warm-up call each, then paired rounds (one call of each, back to back), the median ratio; `Predictive(parallel=False)`"
     cold = "both cold: the first call, set-up included"
     return [
         Row("predictive, S=1,000 samples, N=100 inputs: `predict` vs `pyro.infer.Predictive`", warm,
@@ -431,8 +432,9 @@ def _conditions_text(data: dict) -> str:
             f"in its own fresh process with `torch.set_num_threads` and "
             + ", ".join(f"`{k}`" for k in THREAD_ENV)
             + f" set to it{env_text}. Every time is the median of {p.get('repeats', '?')} timed calls after one "
-            f"warm-up call, and every ratio a ratio of medians, except the SVI training ratios: the median over "
-            f"{get(data, 'threads.1.svi.train.floor_rounds') or 'the'} paired rounds of the ratio within a round (the floor "
+            f"warm-up call, and every ratio a ratio of medians, except the `predict` speed-ups and the SVI training "
+            f"ratios: the median over "
+            f"{get(data, 'threads.1.svi.train.floor_rounds') or 'the'} paired rounds of the ratio within a round (one call of each side back to back; for training the floor "
             "timed right before each measured run, so a drift of the machine's speed moves both sides); "
             "memory and gradient variance were measured in "
             f"the first thread count's run only.{load_text}")

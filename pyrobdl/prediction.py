@@ -317,10 +317,8 @@ class ClassificationPrediction(Prediction):
         r""":math:`\bar p = \frac1S\sum_s p_s`."""
         return self.probs_samples.mean(0)
 
-    @property
-    def mean(self) -> torch.Tensor:
-        """Same as :attr:`probs`."""
-        return self.probs
+    #: Same as :attr:`probs` (the mean of the sampled probability vectors).
+    mean = probs
 
     @property
     def predicted(self) -> torch.Tensor:
