@@ -96,7 +96,8 @@ def test_renderer_writes_the_expected_rows():
     assert lines[0] == readme.BEGIN
     assert "on 2030-01-02 at commit `0123456`: Test CPU, 2 cores, torch 2.13.0+cpu" in out
     assert "median of 5 timed calls after one warm-up call" in out
-    warm = "both warm: built once, one warm-up call, median of the timed calls; `Predictive(parallel=False)`"
+    warm = ("both warm: built once, one warm-up call each, then paired rounds (one call of each, back to back), "
+            "the median ratio; `Predictive(parallel=False)`")
     expected = [
         "| what | setting | 1 thread | 2 threads | goal |",
         "| predictive, S=1,000 samples, N=100 inputs: `predict` vs `pyro.infer.Predictive` | " + warm
