@@ -304,13 +304,6 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
-#: A fit whose full-data pass costs fewer multiply-adds than this (training rows
-#: x weights) runs on one intra-op thread: at this size threads only add
-#: synchronisation, and on a busy machine spinning threads slow it down many
-#: times (the same rule as MCMC's ``SMALL_WORK``).
-SMALL_WORK = 5_000_000
-
-
 @contextlib.contextmanager
 def _threads_for(ds: _datasets.Dataset, model: BayesianNetwork, device: torch.device):
     """One intra-op thread for small CPU fits, restored afterwards."""
