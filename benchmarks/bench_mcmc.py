@@ -96,14 +96,14 @@ def boston_split(split: int = 0):
 
 
 # ----------------------------------------------------------------------------- ESS in function space
-def function_ess(model: BayesianNetwork, chain_draws: dict, grid: torch.Tensor) -> float:
-    """Median over the grid of the bulk ESS of the predictive mean, draws (C, S, ...)."""
+def function_diagnostics(model: BayesianNetwork, chain_draws: dict, grid: torch.Tensor) -> dict:
+    """Median bulk ESS and max R-hat over the grid of the predictive mean, draws (C, S, ...)."""
     C, S = next(iter(chain_draws.values())).shape[:2]
-    flat = {k: v.reshape((C * S,) + v.shape[2:]) for k, v in chain_draws.items()}
+    flat = {k: torch.as_tensor(v).reshape((C * S,) + tuple(v.shape[2:])) for k, v in chain_draws.items()}
     with torch.no_grad():
         pred = model.predict_from_samples(grid, flat)
-    f = pred.loc_samples.reshape(C, S, -1).numpy()
-    return float(np.median(diagnostics.rhat_ess(f)["ess_bulk"]))
+    d = diagnostics.rhat_ess(pred.loc_samples.reshape(C, S, -1).numpy())
+    return {"ess": float(np.median(d["ess_bulk"])), "rhat_max": float(np.max(d["rhat"])) if C > 1 else float("nan")}
 
 
 def check_same_density(model: BayesianNetwork, pyro_model, x, y):
@@ -143,7 +143,7 @@ def run_plain_pyro(x, y, grid, seed, warmup, samples):
         mcmc.run(x, y)
     secs = time.perf_counter() - t0
     draws = mcmc.get_samples(group_by_chain=True)
-    ess = function_ess(model, draws, grid)
+    ess = function_diagnostics(model, draws, grid)["ess"]
     return {"seconds": secs, "ess": ess, "label": label, "step_size": kernel.step_size}
 
 
@@ -155,7 +155,7 @@ def run_ours(x, y, grid, seed, warmup, samples, *, compile=None, chains=1, dense
         dense_mass=dense_mass, progress=False, diagnose=False,
     ).fit(model, x, y)
     secs = time.perf_counter() - t0
-    ess = function_ess(post.model, post.samples, grid)
+    ess = function_diagnostics(post.model, post.samples, grid)["ess"]
     st = post.sample_stats
     return {
         "seconds": secs,
@@ -185,16 +185,6 @@ def run_chees(x, y, grid, seed, warmup, samples, *, chains=64, compile=None):
         "gradient_evaluations": post.fit_info["gradient_evaluations"],
         "divergences": int(st["diverging"].sum()),
     }
-
-
-def function_diagnostics(model: BayesianNetwork, chain_draws: dict, grid: torch.Tensor) -> dict:
-    """Median bulk ESS and max R-hat over the grid of the predictive mean, draws (C, S, ...)."""
-    C, S = next(iter(chain_draws.values())).shape[:2]
-    flat = {k: torch.as_tensor(v).reshape((C * S,) + tuple(v.shape[2:])) for k, v in chain_draws.items()}
-    with torch.no_grad():
-        pred = model.predict_from_samples(grid, flat)
-    d = diagnostics.rhat_ess(pred.loc_samples.reshape(C, S, -1).numpy())
-    return {"ess": float(np.median(d["ess_bulk"])), "rhat_max": float(np.max(d["rhat"])) if C > 1 else float("nan")}
 
 
 def _jax_toy_logdensity(x, y, H=10):

@@ -431,7 +431,8 @@ def chees_sample(
                     var = (win_sq / win_n - mean * mean).clamp(min=0) * win_n / max(win_n - 1, 1)
                     var = (win_n / (win_n + 5.0)) * var + 1e-3 * (5.0 / (win_n + 5.0))
                     inv_mass = var.to(z.dtype)
-                    win_sum.zero_(), win_sq.zero_()
+                    win_sum.zero_()
+                    win_sq.zero_()
                     win_n = 0
                     if adapt_step_size:
                         adapt.restart(_find_step_size(traj, z, u, g, inv_mass, adapt.eps))
@@ -616,10 +617,6 @@ class ChEESHMC(MCMCMethod):
             "warmup_stats": out["warmup_stats"],
             "settings": self._settings(),
         }
-        if bool(out["stats"]["diverging"].any()) and not self.diagnose:
-            warn_user(
-                f"{int(out['stats']['diverging'].sum())} divergent transitions after warm-up; raise target_accept"
-            )
         if self.diagnose:
             from ... import diagnostics
 
