@@ -91,7 +91,7 @@ def test_compare_uci_defaults():
     do = effective_options("mc-dropout", {})
     algo = inference.MCDropout()
     assert (algo.p or algo.default_p) == 0.015 and (algo.layers or algo.default_layers) == "all"
-    assert do["weight_decay"] == 0
+    assert do["weight_decay"] == "auto"
     assert effective_options("ensemble", {})["lr"] == 2e-2
     nuts = effective_options("nuts", {})
     assert nuts["max_tree_depth"] == 8 and nuts["num_samples"] == nuts["warmup_steps"] == 500

@@ -90,14 +90,13 @@ WeightDecay = Union[str, float]
 
 
 # ============================================================================ settings
-def check_weight_decay(weight_decay) -> WeightDecay:
-    """``"prior"`` or a number ``>= 0``."""
+def check_weight_decay(weight_decay, *, auto: bool = False) -> WeightDecay:
+    """``"prior"``, a number ``>= 0``, or (where the method can choose, ``auto=True``) ``"auto"``."""
     if isinstance(weight_decay, str):
-        if weight_decay != "prior":
-            raise ValueError(
-                f"weight_decay must be 'prior' (derived from the model's prior) or a number >= 0, got {weight_decay!r}"
-            )
-        return weight_decay
+        if weight_decay == "prior" or (auto and weight_decay == "auto"):
+            return weight_decay
+        choices = "'prior' (derived from the model's prior)" + (", 'auto' (chosen on held-out data)" if auto else "")
+        raise ValueError(f"weight_decay must be {choices} or a number >= 0, got {weight_decay!r}")
     return check_positive_float(weight_decay, "weight_decay", allow_zero=True)
 
 
@@ -113,6 +112,8 @@ class PointInference(Inference):
     default_num_steps: ClassVar[Optional[int]] = 3000
     #: epochs when neither ``num_steps`` nor ``epochs`` is given
     default_epochs: ClassVar[Optional[int]] = None
+    #: the weight decays ``weight_decay="auto"`` chooses from (empty: the method has no "auto")
+    weight_decay_candidates: ClassVar[Tuple[WeightDecay, ...]] = ()
 
     def __init__(
         self,
@@ -132,7 +133,7 @@ class PointInference(Inference):
         self.epochs = None if epochs is None else check_positive_int(epochs, "epochs")
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.lr = check_positive_float(lr, "lr")
-        self.weight_decay = check_weight_decay(weight_decay)
+        self.weight_decay = check_weight_decay(weight_decay, auto=bool(self.weight_decay_candidates))
 
     def settings(self) -> Dict[str, Any]:
         """The settings, as saved with the posterior."""
@@ -146,8 +147,17 @@ class PointInference(Inference):
 
 
 def saved_fit_info(fit_info: Dict[str, Any]) -> Dict[str, Any]:
-    """The part of a posterior's ``fit_info`` that is saved with it (no loss curves)."""
-    return {"seconds": float(fit_info.get("seconds", 0.0)), "num_steps": int(fit_info.get("num_steps", 0))}
+    """The part of a posterior's ``fit_info`` that is saved with it (no loss curves; the
+    weight decay that ``weight_decay="auto"`` chose and its held-out scores when present)."""
+    out: Dict[str, Any] = {
+        "seconds": float(fit_info.get("seconds", 0.0)), "num_steps": int(fit_info.get("num_steps", 0)),
+    }
+    if "weight_decay" in fit_info:
+        wd = fit_info["weight_decay"]
+        out["weight_decay"] = wd if isinstance(wd, str) else float(wd)
+        scores = fit_info.get("weight_decay_scores")
+        out["weight_decay_scores"] = None if scores is None else {str(k): float(v) for k, v in scores.items()}
+    return out
 
 
 # ============================================================================ likelihood

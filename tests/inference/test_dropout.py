@@ -36,7 +36,8 @@ def test_dropout_goes_before_hidden_layers_and_respects_existing_dropout(small_d
 def test_defaults_are_the_measured_ones():
     d, c = MCDropout(), MCDropConnect()
     assert (d.num_steps, d.lr, d.p, d.layers, d.default_p, d.default_layers, d.weight_decay) == (
-        5000, 1e-2, None, None, 0.015, "all", 0.0)
+        5000, 1e-2, None, None, 0.015, "all", "auto")
+    assert MCDropout.weight_decay_candidates == (0.0, "prior") and c.weight_decay == 0.0
     assert (c.num_steps, c.lr, c.p, c.layers) == (5000, 1e-2, 0.01, "all")
     assert MCDropout(epochs=3).num_steps is None  # epochs replace the default steps
     assert MCDropout.variance_head and not MCDropConnect.variance_head
@@ -222,3 +223,59 @@ def test_dropout_masks_are_independent_across_samples(small_data):
     # and the predictive samples differ from one another (no repeated masks)
     out = post.predict(x, num_samples=50).loc_samples
     assert torch.unique(out, dim=0).shape[0] == 50
+
+
+def _sine(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, generator=g) * 4 - 2
+    return x, torch.sin(2 * x[:, 0]) + 0.1 * torch.randn(n, generator=g)
+
+
+def test_auto_weight_decay_keeps_the_best_held_out_candidate(monkeypatch):
+    """``weight_decay="auto"`` trains one copy per candidate on 80% of the rows and keeps the one
+    with the best held-out log predictive density, whatever its position: a decay of 30 erases
+    the 0.1-noise sine fit (held-out LL about -1 against about +0.5), so 0 must win from second
+    place; the final fit then uses it on all the rows."""
+    monkeypatch.setattr(MCDropout, "weight_decay_candidates", (30.0, 0.0))
+    x, y = _sine(120)
+    post = MCDropout(num_steps=300, progress=False, seed=0).fit(regression_model(), x, y)
+    scores = post.fit_info["weight_decay_scores"]
+    assert set(scores) == {"30.0", "0.0"} and scores["0.0"] > scores["30.0"] + 0.5
+    assert post.fit_info["weight_decay"] == 0.0
+    assert post.settings["weight_decay"] == "auto"
+    # the final fit is the plain fit with the chosen decay on all rows (same seed -> same weights
+    # up to the random numbers the candidate fits drew): as good a fit as weight_decay=0
+    plain = MCDropout(num_steps=300, progress=False, seed=0, weight_decay=0.0).fit(regression_model(), x, y)
+    rmse = lambda p: float((p.predict(x, num_samples=20).mean - y).pow(2).mean().sqrt())
+    assert rmse(post) < 0.3 and rmse(plain) < 0.3
+
+
+def test_auto_weight_decay_falls_back_on_small_data_and_loaders(small_data):
+    x, y = small_data  # 40 rows < AUTO_MIN_DATA: no held-out split
+    post = MCDropout(**FAST).fit(regression_model(), x, y)
+    assert post.fit_info["weight_decay"] == 0.0 and post.fit_info["weight_decay_scores"] is None
+    x, y = _sine(80)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=40)
+    post = MCDropout(**FAST).fit(regression_model(), loader)
+    assert post.fit_info["weight_decay"] == 0.0 and post.fit_info["weight_decay_scores"] is None
+
+
+def test_auto_weight_decay_is_only_for_methods_that_choose():
+    from pyrobdl.inference import DeepEnsemble
+
+    assert MCDropConnect(weight_decay="auto").weight_decay == "auto"
+    with pytest.raises(ValueError, match="weight_decay must be 'prior' .* or a number >= 0, got 'auto'"):
+        DeepEnsemble(weight_decay="auto")
+    with pytest.raises(ValueError, match="'auto' \\(chosen on held-out data\\)"):
+        MCDropout(weight_decay="best")
+
+
+def test_auto_weight_decay_choice_is_saved(tmp_path):
+    import pyrobdl
+
+    x, y = _sine(60)
+    post = MCDropout(num_steps=20, progress=False, seed=0).fit(regression_model(), x, y)
+    post.save(tmp_path / "post.pt")
+    back = pyrobdl.load(tmp_path / "post.pt")
+    assert back.fit_info["weight_decay"] == post.fit_info["weight_decay"] in (0.0, "prior")
+    assert back.fit_info["weight_decay_scores"] == pytest.approx(post.fit_info["weight_decay_scores"])
