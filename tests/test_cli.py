@@ -42,7 +42,8 @@ def _run(capsys, *args):
 def _check_schema(results, *, task, methods, splits):
     assert results["schema_version"] == compare_mod.SCHEMA_VERSION
     assert results["status"] == "complete"
-    keys = ("started", "finished", "total_seconds", "settings", "versions", "metrics", "skipped", "plots", "report")
+    keys = ("started", "finished", "total_seconds", "settings", "versions", "metrics", "reference", "skipped", "plots",
+            "report")
     assert set(keys) <= set(results)
     ds = results["dataset"]
     assert ds["task"] == task and ds["splits"] == splits and ds["n_train"] > 0 and ds["n_test"] > 0
@@ -91,6 +92,14 @@ def test_compare_toy_default_methods(tmp_path, capsys):
     assert results["dataset"]["name"] == "toy-regression" and results["settings"]["hidden"] == 20
     for entry in results["methods"].values():
         assert {"ood_auroc_std", "ood_auroc_epistemic"} <= set(entry["splits"][0]["metrics"])
+    # the reference sampler is named, runs first, and every other method is measured against it
+    assert results["reference"] == compare_mod.REFERENCE_METHOD == "chees-hmc"
+    for name, entry in results["methods"].items():
+        metrics = entry["splits"][0]["metrics"]
+        if name == results["reference"]:
+            assert not any(k.startswith("ref_") for k in metrics)
+        else:
+            assert metrics["ref_w2"] >= 0 and metrics["ref_kl"] >= 0, name
     pngs = ["metrics.png", "predictive_1d.png", "calibration.png", "ood_std.png"]
     for name, entry in results["methods"].items():  # MCMC: diagnostics summary and trace/rank plots
         if name in ("nuts", "hmc", "chees-hmc"):
@@ -100,20 +109,26 @@ def test_compare_toy_default_methods(tmp_path, capsys):
             pngs += [f"mcmc_trace_{name}.png", f"mcmc_rank_{name}.png"]
     _check_report(out, results, pngs)
     assert "report.html" in cap.out and "RMSE" in cap.out
+    assert "Distance to the reference posterior" in (out / "report.md").read_text()
 
 
 def test_compare_digits_ood_two_splits(tmp_path, capsys):
     out = tmp_path / "digits"
-    code, cap = _run(capsys, "--dataset", "digits", "--ood", "digits-5-9", "--methods", "mean-field,ensemble",
+    code, cap = _run(capsys, "--dataset", "digits", "--ood", "digits-5-9", "--methods", "mean-field,ensemble,chees-hmc",
                      "--splits", 2, "--hidden", 10, "--out", out)
     assert code == 0, cap.err
     results = json.loads((out / "results.json").read_text())
-    _check_schema(results, task="classification", methods=["mean-field", "ensemble"], splits=[0, 1])
+    _check_schema(results, task="classification", methods=["mean-field", "ensemble", "chees-hmc"], splits=[0, 1])
     assert results["dataset"]["name"] == "digits-ood-5-9" and results["dataset"]["num_classes"] == 5
     for entry in results["methods"].values():
         assert OOD_CLASSIFICATION_METRICS <= set(entry["summary"])
         acc = entry["summary"]["accuracy"]
         assert acc["mean"] > 0.3 and acc["stderr"] >= 0
+    assert results["reference"] == "chees-hmc"
+    for name in ("mean-field", "ensemble"):  # distances to the reference on both splits
+        summ = results["methods"][name]["summary"]
+        assert summ["ref_tv"]["n"] == 2 and 0 <= summ["ref_tv"]["mean"] <= 1
+        assert summ["ref_agreement"]["n"] == 2 and 0.5 < summ["ref_agreement"]["mean"] <= 1
     _check_report(out, results, ["metrics.png", "reliability.png", "accuracy_rejection.png",
                                  "ood_entropy.png", "ood_mi.png"])
 

@@ -75,9 +75,21 @@ problem: a method class may declare ``max_weights``, the largest network
 * both: ``fit_seconds`` and ``predict_seconds`` (one ``predict`` call on the
   test inputs and the OOD inputs together).
 * posteriors drawn by Markov chains (a posterior class declaring
-  ``markov_chains = True``, e.g. NUTS and HMC): the
-  ``pyrobdl.diagnostics.summary`` as plain JSON, plus trace and rank plots of
-  the predictions at a few test inputs.
+  ``markov_chains = True``, e.g. ChEES-HMC, NUTS and HMC): the
+  ``pyrobdl.diagnostics.summary`` as plain JSON (function-space R-hat, ESS and
+  nested R-hat), plus trace and rank plots of the predictions at a few test
+  inputs.
+* distance to the reference: when the reference sampler
+  (:data:`~pyrobdl.compare.profiles.REFERENCE_METHOD`, ``chees-hmc``) is among
+  the methods it runs first, ``results.json`` names it (top-level
+  ``"reference"``), and every other method gains, per split, how far its
+  predictive on the test inputs is from the reference's
+  (:func:`~pyrobdl.compare.evaluation.reference_distances`): ``ref_w2`` (mean
+  2-Wasserstein distance between the moment-matched Gaussians, original units)
+  and ``ref_kl`` (mean KL from the reference) for regression, ``ref_tv`` (mean
+  total variation) and ``ref_agreement`` (top-1 agreement; Izmailov et al.,
+  2021) for classification. How far to trust the reference is in its MCMC
+  diagnostics.
 
 Small CPU fits (training rows × weights below :data:`~pyrobdl.compare.runner.SMALL_WORK`) run on one
 intra-op thread (restored afterwards): faster at that size, and far faster
@@ -93,14 +105,15 @@ Example::
     results = compare("toy-regression", methods=["mean-field", "ensemble"], out="report", quick=True)
     results["methods"]["ensemble"]["summary"]["rmse"]["mean"]
 """
-from .evaluation import METRICS, evaluate, to_jsonable, to_original_units
-from .profiles import QUICK_OPTIONS, TOY_OPTIONS, load_config, method_options
+from .evaluation import METRICS, evaluate, reference_distances, to_jsonable, to_original_units
+from .profiles import QUICK_OPTIONS, REFERENCE_METHOD, TOY_OPTIONS, load_config, method_options
 from .runner import SCHEMA_VERSION, SMALL_WORK, build_model, compare, default_methods
 
 __all__ = [
     "compare",
     "TOY_OPTIONS",
     "QUICK_OPTIONS",
+    "REFERENCE_METHOD",
     "METRICS",
     "SMALL_WORK",
     "SCHEMA_VERSION",
@@ -109,6 +122,7 @@ __all__ = [
     "evaluate",
     "load_config",
     "method_options",
+    "reference_distances",
     "to_jsonable",
     "to_original_units",
 ]

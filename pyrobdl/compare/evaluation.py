@@ -23,7 +23,7 @@ from .. import datasets as _datasets
 from .. import metrics as _metrics
 from ..prediction import ClassificationPrediction, Prediction, RegressionPrediction
 
-__all__ = ["METRICS", "evaluate", "subset", "summarise", "to_jsonable", "to_original_units", "write_json"]
+__all__ = ["METRICS", "evaluate", "reference_distances", "subset", "summarise", "to_jsonable", "to_original_units", "write_json"]
 
 #: Every metric :func:`evaluate` can report: ``direction`` says which way is
 #: better (``"lower"``, ``"higher"``, ``"target"`` with ``target``, or ``None``
@@ -55,6 +55,11 @@ METRICS: Dict[str, Dict[str, Any]] = {
     "ood_aupr_mi": {"direction": "higher", "label": "OOD AUPR (MI)", "task": "classification"},
     "fpr95_mi": {"direction": "lower", "label": "FPR@95 (MI)", "task": "classification"},
     "ood_accuracy": {"direction": "higher", "label": "shifted accuracy", "task": "classification"},
+    # distance to the reference sampler's predictive (see reference_distances)
+    "ref_w2": {"direction": "lower", "label": "W2 to reference", "task": "regression"},
+    "ref_kl": {"direction": "lower", "label": "KL from reference", "task": "regression"},
+    "ref_tv": {"direction": "lower", "label": "TV to reference", "task": "classification"},
+    "ref_agreement": {"direction": "higher", "label": "agreement with reference", "task": "classification"},
     # both
     "fit_seconds": {"direction": "lower", "label": "fit s", "task": "both"},
     "predict_seconds": {"direction": "lower", "label": "predict s", "task": "both"},
@@ -151,6 +156,31 @@ def evaluate(
         if ds.y_ood is not None:
             out["ood_accuracy"] = m.accuracy(pred_ood, ds.y_ood.cpu())
     return out
+
+
+def reference_distances(pred: Prediction, reference: Prediction, ds: _datasets.Dataset) -> Dict[str, float]:
+    r"""How far ``pred`` is from the ``reference`` predictive at the same test inputs of ``ds``
+    (both made in ``ds``'s normalised units):
+
+    * regression: ``ref_w2``, the mean 2-Wasserstein distance between the moment-matched
+      Gaussians (:func:`pyrobdl.metrics.gaussian_w2`) in the target's original units, and
+      ``ref_kl``, the mean :math:`\mathrm{KL}(\text{reference}\,\|\,\text{pred})` between them
+      (:func:`pyrobdl.metrics.gaussian_kl`, unit-free);
+    * classification: ``ref_tv``, the mean total variation between the class probabilities
+      (:func:`pyrobdl.metrics.total_variation`), and ``ref_agreement``, the fraction of inputs
+      with the same top class (:func:`pyrobdl.metrics.agreement`; Izmailov et al., 2021).
+
+    Example::
+
+        ref = reference_posterior.predict(ds.x_test)
+        reference_distances(posterior.predict(ds.x_test), ref, ds)["ref_w2"]
+    """
+    m = _metrics
+    pred, reference = pred.cpu(), reference.cpu()
+    if isinstance(pred, RegressionPrediction):
+        orig, ref = to_original_units(pred, ds), to_original_units(reference, ds)
+        return {"ref_w2": m.gaussian_w2(orig, ref), "ref_kl": m.gaussian_kl(orig, ref)}
+    return {"ref_tv": m.total_variation(pred, reference), "ref_agreement": m.agreement(pred, reference)}
 
 
 def summarise(values: Sequence[float]) -> Dict[str, Optional[float]]:

@@ -34,6 +34,7 @@ from ..inference.registry import get_method
 
 __all__ = [
     "TOY_DATASETS",
+    "REFERENCE_METHOD",
     "TOY_PRIOR",
     "HIDDEN",
     "QUICK_HIDDEN",
@@ -57,6 +58,14 @@ TOY_DATASETS = ("toy-regression", "sinusoid")
 #: The prior on the toys: i.i.d. ``Normal(0, 1)`` (a :func:`pyrobdl.priors.prior_from_config`
 #: config). Other data use :class:`~pyrobdl.network.BayesianNetwork`'s default prior.
 TOY_PRIOR: Dict[str, Any] = {"type": "Normal", "loc": 0.0, "scale": 1.0}
+
+#: The reference posterior of a comparison: when it is among the methods, it runs first and
+#: every other method's report gains its distance to this method's predictive on the test
+#: inputs (:func:`pyrobdl.compare.evaluation.reference_distances`). ChEES-HMC is the sampler
+#: that converges on the toy and UCI networks in the comparison's time (many chains, pooled
+#: adaptation); ``pyrobdl.fit(model, x, y, method=REFERENCE_METHOD)`` runs it with the same
+#: defaults.
+REFERENCE_METHOD = "chees-hmc"
 
 #: Hidden units (the UCI protocol's width; a UCI dataset's own ``n_hidden`` wins).
 HIDDEN = 50

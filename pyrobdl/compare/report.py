@@ -53,6 +53,7 @@ _GROUPS: List[Tuple[str, Tuple[str, ...]]] = [
         "ood_auroc_std", "ood_auroc_epistemic", "ood_auroc_entropy", "ood_aupr_entropy", "fpr95_entropy",
         "ood_auroc_mi", "ood_aupr_mi", "fpr95_mi", "ood_accuracy",
     )),
+    ("Distance to the reference posterior", ("ref_w2", "ref_kl", "ref_tv", "ref_agreement")),
     ("Time", ("fit_seconds", "predict_seconds")),
 ]
 

@@ -36,7 +36,7 @@ from ..inference.base import fit as _fit
 from ..inference.registry import available_methods, get_method, methods as registered_methods
 from ..network import BayesianNetwork
 from . import profiles
-from .evaluation import METRICS, evaluate, subset, summarise, to_jsonable, write_json
+from .evaluation import METRICS, evaluate, reference_distances, subset, summarise, to_jsonable, write_json
 from .report import save_figure_of, write_report
 
 __all__ = [
@@ -416,7 +416,7 @@ def _run_one(
     if getattr(type(posterior), "markov_chains", False):
         record["diagnostics"] = _mcmc_diagnostics(posterior, method, ds.x_test, out_dir, make_plots)
     artefact = {"pred": pred, "pred_ood": pred_ood, "dataset": ds_cpu} if make_plots else None
-    return {"record": record, "artefact": artefact}
+    return {"record": record, "artefact": artefact, "pred": pred}
 
 
 # ============================================================================ compare
@@ -467,7 +467,11 @@ def compare(
     Returns:
         The results, as written to ``results.json``: ``schema_version``,
         ``status``, ``dataset``, ``settings``, ``versions``, ``metrics``
-        (metadata of the metrics reported), ``methods`` (per method:
+        (metadata of the metrics reported), ``reference`` (the ``method=`` name of the
+        reference sampler, :data:`~pyrobdl.compare.profiles.REFERENCE_METHOD`, when it ran;
+        it runs first and every other method's metrics gain ``ref_*`` distances to its
+        predictive, :func:`~pyrobdl.compare.evaluation.reference_distances`; else ``None``),
+        ``methods`` (per method:
         ``status``, ``options``, ``splits`` -- one record per split with
         ``status`` and ``metrics`` or ``error``, plus ``diagnostics`` for MCMC --,
         ``summary`` {metric: {mean, stderr, n}} and ``error``), ``skipped``,
@@ -518,6 +522,7 @@ def compare(
                     f"{getattr(cls, 'max_weights', None)} {cls.name} runs on by default (ask for it with --methods)"
                 )
 
+    reference = profiles.REFERENCE_METHOD if profiles.REFERENCE_METHOD in method_list else None
     options = {m: profiles.method_options(m, toy=data.is_toy, quick=quick, config=cfg) for m in method_list}
     accepted = {m: profiles.accepted_options(get_method(m)) for m in method_list}
     setup_errors = _check_settings(options, accepted, cfg)
@@ -572,6 +577,7 @@ def compare(
         },
         "versions": _versions(),
         "metrics": {k: v for k, v in METRICS.items() if v["task"] in (task_name, "both")},
+        "reference": reference,
         "methods": {},
         "skipped": skipped,
         "published": None,
@@ -596,9 +602,11 @@ def compare(
     write_json(results, json_path)
 
     artefacts: Dict[str, Dict[str, Any]] = {}
+    reference_preds: Dict[int, Any] = {}  # split -> the reference's test predictive
+    run_order = ([reference] if reference else []) + [m for m in method_list if m != reference]
     t_start = time.perf_counter()
     try:
-        for m in method_list:
+        for m in run_order:
             entry = results["methods"][m]
             bar = tqdm(total=len(data.splits), desc=f"{m:>15}", unit="split", disable=not progress, leave=True)
             try:
@@ -614,6 +622,12 @@ def compare(
                                 make_plots=m not in artefacts,
                             )
                             rec = {"split": split, **res["record"]}
+                            if m == reference:
+                                reference_preds[split] = res["pred"]
+                            elif split in reference_preds:
+                                rec["metrics"].update(
+                                    reference_distances(res["pred"], reference_preds[split], data.get(split))
+                                )
                             if res["artefact"] is not None:
                                 artefacts[m] = res["artefact"]
                         except Exception as e:  # noqa: BLE001 - a failing method must not stop the run

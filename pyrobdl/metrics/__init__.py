@@ -27,6 +27,8 @@ uncertainty scores          :func:`predictive_std`, :func:`predictive_entropy`,
 OOD detection               :func:`ood_auroc`, :func:`ood_aupr`, :func:`fpr_at_95_tpr`
 selective prediction        :func:`accuracy_rejection_curve`, :func:`aurc`,
                             :func:`fit_class_thresholds`, :func:`class_threshold_rejection`
+distance to a reference     :func:`gaussian_w2`, :func:`gaussian_kl` (regression),
+                            :func:`total_variation`, :func:`agreement` (classification)
 ==========================  ===============================================
 
 Bad input (NaN, empty arrays, shape mismatches, probabilities whose rows do not
@@ -52,6 +54,8 @@ References:
       using calibrated regression. ICML. (regression calibration, sharpness)
     * Chung, Char, Guo, Schneider & Neiswanger (2021). Uncertainty Toolbox.
       arXiv:2109.10254. (miscalibration area, sharpness conventions)
+    * Izmailov, Vikram, Hoffman & Wilson (2021). What are Bayesian neural network
+      posteriors really like? ICML. (agreement and total variation to an HMC reference)
     * Houlsby, Huszár, Ghahramani & Lengyel (2011). Bayesian active learning for
       classification and preference learning. arXiv:1112.5745. (BALD / mutual information)
     * Hendrycks & Gimpel (2017). A baseline for detecting misclassified and
@@ -63,7 +67,7 @@ References:
       uncertainty estimation for deep neural classifiers. ICLR. (risk-coverage, AURC, E-AURC)
 
 The functions live in submodules by topic (``regression``, ``classification``,
-``ood`` for the uncertainty scores and OOD detection, ``selective``); import
+``ood`` for the uncertainty scores and OOD detection, ``selective``, ``distance``); import
 them from here, ``pyrobdl.metrics``.
 """
 from __future__ import annotations
@@ -77,6 +81,7 @@ from pyrobdl.metrics.classification import (
     maximum_calibration_error,
     reliability_curve,
 )
+from pyrobdl.metrics.distance import agreement, gaussian_kl, gaussian_w2, total_variation
 from pyrobdl.metrics.ood import (
     expected_entropy,
     fpr_at_95_tpr,
@@ -149,4 +154,9 @@ __all__ = [
     "aurc",
     "fit_class_thresholds",
     "class_threshold_rejection",
+    # distance to a reference predictive
+    "gaussian_w2",
+    "gaussian_kl",
+    "total_variation",
+    "agreement",
 ]
