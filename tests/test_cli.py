@@ -109,7 +109,8 @@ def test_compare_toy_default_methods(tmp_path, capsys):
             pngs += [f"mcmc_trace_{name}.png", f"mcmc_rank_{name}.png"]
     _check_report(out, results, pngs)
     assert "report.html" in cap.out and "RMSE" in cap.out
-    assert "Distance to the reference posterior" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "## Distance to the reference posterior" in md and "- **reference**: chees-hmc" in md
 
 
 def test_compare_digits_ood_two_splits(tmp_path, capsys):

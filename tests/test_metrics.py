@@ -510,7 +510,7 @@ def test_metrics_handle_100k_points_quickly():
 
 def test_public_api_is_reexported_from_the_package():
     """pyrobdl.metrics keeps one public API while the code lives in modules by topic."""
-    from pyrobdl.metrics import classification, ood, regression, selective
+    from pyrobdl.metrics import classification, distance, ood, regression, selective
 
     expected = {
         "CalibrationCurve", "ReliabilityCurve", "RejectionCurve", "ClassThresholds",
@@ -520,9 +520,10 @@ def test_public_api_is_reexported_from_the_package():
         "predictive_std", "predictive_entropy", "expected_entropy", "mutual_information", "max_probability",
         "uncertainty_score", "ood_auroc", "ood_aupr", "fpr_at_95_tpr",
         "accuracy_rejection_curve", "aurc", "fit_class_thresholds", "class_threshold_rejection",
+        "gaussian_w2", "gaussian_kl", "total_variation", "agreement",
     }
     assert set(M.__all__) == expected and len(M.__all__) == len(expected)
-    topics = {mod.__name__ for mod in (regression, classification, ood, selective)}
+    topics = {mod.__name__ for mod in (regression, classification, ood, selective, distance)}
     for name in expected:
         assert getattr(M, name).__module__ in topics, name  # defined in a topic module
     assert M.PROB_ATOL == 1e-4

@@ -77,8 +77,8 @@ problem: a method class may declare ``max_weights``, the largest network
 * posteriors drawn by Markov chains (a posterior class declaring
   ``markov_chains = True``, e.g. ChEES-HMC, NUTS and HMC): the
   ``pyrobdl.diagnostics.summary`` as plain JSON (function-space R-hat, ESS and
-  nested R-hat), plus trace and rank plots of the predictions at a few test
-  inputs.
+  nested R-hat of the predictions at every test input), plus trace and rank
+  plots of the predictions at a few test inputs.
 * distance to the reference: when the reference sampler
   (:data:`~pyrobdl.compare.profiles.REFERENCE_METHOD`, ``chees-hmc``) is among
   the methods it runs first, ``results.json`` names it (top-level

@@ -395,7 +395,8 @@ def _diagnostics_rows(results) -> List[Tuple[str, str]]:
 _DIAGNOSTIC_FIELDS = (
     ("num_chains", "chains", "{:.0f}"),
     ("num_draws", "draws per chain", "{:.0f}"),
-    ("function_rhat_max", "function-space R-hat max", "{:.3f}"),
+    ("function_rhat_max", "function-space R-hat max over the test inputs", "{:.3f}"),
+    ("function_nested_rhat_max", "function-space nested R-hat max", "{:.3f}"),
     ("function_ess_bulk_min", "function-space bulk ESS min", "{:.0f}"),
     ("rhat_max", "weight R-hat max", "{:.3f}"),
     ("num_divergences", "divergences", "{:.0f}"),
@@ -460,6 +461,9 @@ def _header_lines(results) -> List[Tuple[str, str]]:
                      f"{st['num_samples']} predictive samples"),
         ("versions", ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v and k != "platform")),
     ]
+    if results.get("reference"):
+        lines.append(("reference", f"{results['reference']}: the other methods' distances to its test predictive are in "
+                                   "'Distance to the reference posterior'; how far to trust it is in its MCMC diagnostics"))
     other = _other_models(results)
     if other:
         lines.append(("other models", "; ".join(f"{', '.join(ms)}: {desc}" for desc, ms in other.items())))

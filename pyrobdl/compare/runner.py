@@ -331,13 +331,14 @@ _TRACE_POINTS = 4
 
 
 def _mcmc_diagnostics(posterior, method: str, x_test: torch.Tensor, out_dir: Path, make_plots: bool) -> Dict[str, Any]:
-    """The diagnostics summary of an MCMC posterior (plain JSON) and its trace
-    and rank plots of the predictions at a few test inputs."""
+    """The diagnostics summary of an MCMC posterior (plain JSON; the function-space R-hat
+    and ESS over the predictions at the test inputs) and its trace and rank plots of the
+    predictions at a few test inputs."""
     from .. import diagnostics
 
-    result: Dict[str, Any] = {}
+    result: Dict[str, Any] = {"function_grid": "test inputs"}
     try:
-        result["summary"] = to_jsonable(diagnostics.summary(posterior))
+        result["summary"] = to_jsonable(diagnostics.summary(posterior, x_grid=x_test))
     except Exception as e:  # noqa: BLE001 - diagnostics must not fail the method
         result["error"] = _error_text(e)
         return result

@@ -195,3 +195,49 @@ def test_non_finite_initial_point_is_a_clear_error():
         inference.ChEESHMC(num_chains=2, num_samples=5, warmup_steps=5, init=init, **QUIET).fit(blr_model(), X, y)
     with pytest.raises(ValueError, match="z0 must have shape"):
         chees_sample(lambda z: z.sum(-1), torch.zeros(3), num_samples=1, warmup_steps=0)
+
+
+def _mixture_potential(centres, log_weights, scale=1.0):
+    centres = torch.as_tensor(centres, dtype=torch.float32)
+    log_w = torch.as_tensor(log_weights, dtype=torch.float32)
+
+    def potential(z):
+        d2 = ((z.unsqueeze(-2) - centres) ** 2).sum(-1) / scale**2  # (C, modes)
+        return -torch.logsumexp(log_w - 0.5 * d2, -1)
+
+    return potential
+
+
+def test_stragglers_in_a_negligible_mode_are_moved_during_warmup(monkeypatch):
+    """Mode A = N(0, I) holds all the mass; mode B at (40, 40) has weight e^-50 behind a
+    barrier of about 375 nats. Two of eight superchains start in B: without the restart they
+    stay there (a quarter of the draws 57 units off); with it every draw is in A."""
+    import pyrobdl.inference.mcmc.chees as chees
+
+    pot = _mixture_potential([[0.0, 0.0], [40.0, 40.0]], [0.0, -50.0])
+    starts = torch.tensor([[0.5, -0.5]] * 6 + [[40.0, 40.0]] * 2).repeat_interleave(4, 0)  # 8 superchains of 4
+    kw = dict(num_samples=100, warmup_steps=200, generator=torch.Generator().manual_seed(0), num_superchains=8)
+    out = chees_sample(pot, starts, **kw)
+    assert out["restarted_chains"] == 8
+    assert float(out["z"].norm(dim=-1).max()) < 6.0  # every draw in mode A (|z| of N(0, I_2) < 6 w.p. 1 - 1e-8)
+    monkeypatch.setattr(chees, "STRAGGLER_SD", math.inf)
+    stuck = chees_sample(pot, starts, **kw)
+    assert stuck["restarted_chains"] == 0
+    assert float((stuck["z"].norm(dim=-1) > 40).float().mean()) == pytest.approx(0.25)
+
+
+def test_restart_moves_whole_superchains_to_donor_states():
+    from pyrobdl.inference.mcmc.chees import _restart_stragglers
+
+    z = torch.arange(12.0).reshape(6, 2)
+    u = torch.tensor([1.0, 1.2, 50.0, 51.0, 0.8, 1.1])  # superchain 1 (rows 2-3) straggles
+    g = -z
+    z2, u2, g2, moved = _restart_stragglers(z, u, g, 3, torch.Generator().manual_seed(0))
+    assert moved == 2
+    assert torch.equal(z2[[0, 1, 4, 5]], z[[0, 1, 4, 5]]) and torch.equal(u2[[0, 1, 4, 5]], u[[0, 1, 4, 5]])
+    donors = {tuple(r) for r in z[[0, 1, 4, 5]].tolist()}
+    assert all(tuple(r) in donors for r in z2[2:4].tolist())  # moved to donor states, with their u and g
+    assert torch.equal(g2, -z2) and bool((u2[2:4] < 2).all())
+    same = _restart_stragglers(z, torch.tensor([1.0, 1.2, 3.0, 3.1, 0.8, 1.1]), g, 3, None)
+    assert same[3] == 0 and same[0] is z  # within 4 sqrt(D/2) + 5 = 9 nats of the median: nothing moves
+

@@ -31,6 +31,13 @@ the arithmetic dominates. The tuning pools what the chains see (Hoffman, Radul &
 * **Mass matrix**: diagonal, the pooled variance of all chains' states over doubling
   windows of the warm-up (regularised towards 1e-3 like Stan's), after which the step size
   is searched again and its averaging restarted.
+* **Stragglers.** At the end of the first warm-up buffer and of every mass-matrix window
+  but the last, a superchain (a chain, without superchains) whose mean :math:`\log p` lies
+  more than :math:`4\sqrt{D/2} + 5` nats below the median one's is moved to
+  the state of a chain drawn from the others: it sits in a mode of negligible mass that it
+  cannot leave within the warm-up, and its low acceptance would shrink the shared step size
+  of every chain. The draws are taken after warm-up, so this changes no stationary
+  distribution; ``fit_info["restarted_chains"]`` counts the moves.
 
 After warm-up :math:`\epsilon` (the dual-averaging average), :math:`T` and :math:`M` are
 fixed, so the draws are a valid Markov chain per chain (jittered HMC with a fixed
@@ -77,6 +84,12 @@ TRAJECTORY_LR = 0.05
 TRAJECTORY_BETA2 = 0.95
 #: the first mass-matrix window (iterations); later windows double, like Stan's
 FIRST_WINDOW = 25
+#: during warm-up, chains (superchains) whose mean log density is more than
+#: ``STRAGGLER_SD`` :math:`\sqrt{D/2}` + ``STRAGGLER_NATS`` nats below the median group's are
+#: moved to another chain's state (the additive nats keep the exponential-like tail of
+#: :math:`\log p` in very few dimensions from triggering it by chance)
+STRAGGLER_SD = 4.0
+STRAGGLER_NATS = 5.0
 #: leapfrog steps per compiled call (``compile=True``)
 STEPS_PER_CALL = 8
 #: the trajectory length starts at this many leapfrog steps of the initial step size
@@ -253,6 +266,29 @@ class _Trajectory:
         return z_new, u_new, g_new, zp, rp, accept_prob, diverging, energy
 
 
+def _restart_stragglers(z, u, g, num_groups: Optional[int], generator) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    r"""Warm-up only: move the chains (or whole superchains) whose mean log density lies
+    more than :data:`STRAGGLER_SD` :math:`\times\sqrt{D/2}` + :data:`STRAGGLER_NATS` nats
+    below the median group's (the
+    spread of :math:`\log p` in a :math:`D`-dimensional typical set is about
+    :math:`\sqrt{D/2}`) to the state of a chain drawn from the other groups. Such a chain
+    sits in a mode of negligible posterior mass that it cannot leave within the warm-up, and
+    its low acceptance would shrink the step size of every chain. Returns the new state and
+    the number of chains moved."""
+    C, D = z.shape
+    K = num_groups or C
+    per = C // K
+    lp = -u.view(K, per).mean(1)
+    bad = lp < lp.median() - (STRAGGLER_SD * math.sqrt(D / 2.0) + STRAGGLER_NATS)
+    if not bool(bad.any()):
+        return z, u, g, 0
+    donors = (~bad).repeat_interleave(per).nonzero().flatten()
+    pick = donors[torch.randint(len(donors), (int(bad.sum()),), generator=generator, device=donors.device)]
+    src = torch.arange(C, device=z.device)
+    src.view(K, per)[bad] = pick.unsqueeze(-1)
+    return z[src], u[src], g[src], int(bad.sum()) * per
+
+
 def _harmonic_mean(a: torch.Tensor, ok: torch.Tensor) -> float:
     a = a[ok]
     if a.numel() == 0:
@@ -355,10 +391,13 @@ def chees_sample(
     compile: bool = False,
     generator: Optional[torch.Generator] = None,
     progress: Optional[Callable[[int], None]] = None,
+    num_superchains: Optional[int] = None,
 ) -> Dict[str, Any]:
     r"""Run ChEES-HMC from the rows of ``z0`` (``(C, D)``, one per chain) on a batched
     potential ``U: (C, D) -> (C,)`` whose rows are independent (the chains' negative log
     densities, unnormalised). ``compile=True`` compiles the leapfrog steps.
+    ``num_superchains``: the rows form that many consecutive groups that started together
+    (a straggling group is moved as a whole during warm-up; default: every row alone).
 
     Returns a dict: ``z`` ``(C, num_samples, D)``; ``stats`` and ``warmup_stats``
     (name -> ``(C, iterations)``: ``acceptance_rate``, ``diverging``, ``energy``,
@@ -405,6 +444,7 @@ def chees_sample(
     draws = torch.empty(num_samples, C, D, device=z.device, dtype=z.dtype)
     eps, T = adapt.eps, adapt.trajectory
     grad_evals = 0
+    restarted = 0
     for it in range(total):
         warm = it < warmup_steps
         if warm:
@@ -419,6 +459,9 @@ def chees_sample(
         stats["n_steps"][it] = n
         stats["step_size"][it] = eps
         if warm:
+            if windows.ends and (it + 1 == windows.start or it + 1 in windows.ends[:-1]):
+                z, u, g, moved = _restart_stragglers(z, u, g, num_superchains, generator)
+                restarted += moved
             grad = _chees_gradient(z_prev, zp, rp, a, div, inv_mass, t)
             adapt.update(_harmonic_mean(a, ~div), grad, adapt_step_size)
             if windows.collecting(it):
@@ -452,6 +495,7 @@ def chees_sample(
         "trajectory_length": T,
         "inverse_mass_matrix": inv_mass,
         "gradient_evaluations": grad_evals,
+        "restarted_chains": restarted,
     }
 
 
@@ -595,7 +639,7 @@ class ChEESHMC(MCMCMethod):
                     step_size=self.step_size, target_accept=self.target_accept,
                     adapt_step_size=self.adapt_step_size, adapt_mass_matrix=self.adapt_mass_matrix,
                     max_leapfrog_steps=self.max_leapfrog_steps, compile=self._use_compile(), generator=gen,
-                    progress=None if bar is None else bar.update,
+                    progress=None if bar is None else bar.update, num_superchains=self.num_superchains,
                 )
             finally:
                 if bar is not None:
@@ -614,6 +658,7 @@ class ChEESHMC(MCMCMethod):
             "trajectory_length": out["trajectory_length"],
             "inverse_mass_matrix": [out["inverse_mass_matrix"]] * C,
             "gradient_evaluations": out["gradient_evaluations"],
+            "restarted_chains": out["restarted_chains"],
             "warmup_stats": out["warmup_stats"],
             "settings": self._settings(),
         }
