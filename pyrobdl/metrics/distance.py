@@ -165,20 +165,12 @@ def total_variation(prediction: PredictionLike, reference: PredictionLike, /) ->
 
 def agreement(prediction: PredictionLike, reference: PredictionLike, /) -> float:
     r"""Fraction of inputs where the two predictives' most probable classes agree,
-    :math:`\frac1N\sum_i \mathbb 1[\arg\max_c p_{ic} = \arg\max_c p^{\mathrm{ref}}_{ic}]`.
-
-    Args:
-        prediction: a :class:`~pyrobdl.prediction.ClassificationPrediction` or an
-            ``(N, C)`` probability array.
-        reference: the same, at the same inputs.
+    :math:`\frac1N\sum_i \mathbb 1[\arg\max_c p_{ic} = \arg\max_c p^{\mathrm{ref}}_{ic}]`
+    (Izmailov et al., 2021). Arguments as for :func:`total_variation`.
 
     Example:
         >>> agreement([[0.9, 0.1], [0.4, 0.6]], [[0.6, 0.4], [0.7, 0.3]])
         0.5
-
-    References:
-        Izmailov, Vikram, Hoffman & Wilson (2021). *What Are Bayesian Neural
-        Network Posteriors Really Like?* ICML.
     """
     p1, p2 = _probs_pair(prediction, reference, "agreement")
     return float(np.mean(p1.argmax(-1) == p2.argmax(-1)))
