@@ -184,6 +184,10 @@ class BayesianNetwork(nn.Module):
         self.prior = prior
         self.likelihood = likelihood
         self.name = name
+        #: the shape of one input row the network was fitted on (``x.shape[1:]``), recorded by
+        #: :meth:`pyrobdl.inference.Inference.fit` on its copy and checked by ``predict``;
+        #: ``None`` until then
+        self.input_shape: Optional[Tuple[int, ...]] = None
         self._uid = f"pyrobdl.{name or 'bnn'}.{next(_uid_counter)}"
         self._selector = bayesian
 
@@ -482,8 +486,20 @@ class BayesianNetwork(nn.Module):
             with torch.no_grad():
                 named = dict(self.net.named_parameters())
                 probe = self.apply({k: named[k].detach() for k in self._bayes_names}, x[:2].to(self.device))
+        except RuntimeError as e:  # a shape the network cannot take: say so before any training
+            raise ValueError(
+                f"the network cannot take x of shape {tuple(x.shape)} (one row has shape {tuple(x.shape[1:])}): "
+                f"{' '.join(str(e).split())[:200]}. x must be (N, *input shape), e.g. (N, 1) for one feature "
+                "(x.unsqueeze(-1)) or (N, d) for a first nn.Linear(d, ...)"
+            ) from None
         finally:
             self.net.train(was_training)
+        if probe.dim() != 2 or probe.shape[0] != min(2, x.shape[0]):
+            raise ValueError(
+                f"for x of shape {tuple(x.shape)} the network returns outputs of shape (N, "
+                f"{', '.join(map(str, probe.shape[1:]))}); the likelihoods score one (N, outputs) row per input "
+                "row: pass x of shape (N, d) or end the network with nn.Flatten() and a layer of the outputs wanted"
+            )
         self.likelihood.check_output(probe)
         y_t = self.likelihood.check_target(y_t, probe)
         if y_t.is_floating_point() and y_t.dtype != self.dtype:

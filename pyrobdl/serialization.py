@@ -100,6 +100,7 @@ def model_config(model: BayesianNetwork) -> dict:
         "bayesian": list(model.bayesian_parameters),
         "name": model.name,
         "net_spec": net_to_spec(model.net),
+        "input_shape": None if model.input_shape is None else [int(d) for d in model.input_shape],
     }
 
 
@@ -211,6 +212,11 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
         raise ValueError(f"the saved weights do not fit the given model's network: {e}") from None
     if map_location is not None:
         model.to(map_location)
+    shape = cfg.get("input_shape")
+    if shape is not None:
+        if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise ValueError(f"{path!r} has a malformed input_shape {shape!r}; it must be a list of sizes")
+        model.input_shape = tuple(shape)
     try:
         cls = get_posterior(state["method"])
     except ValueError as e:

@@ -86,3 +86,40 @@ def test_settings_validated():
         pyrobdl.fit(reg_model(), "abc", Y, **FIT)
     with pytest.raises(ValueError, match="x is empty"):
         pyrobdl.fit(reg_model(), X[:0], Y[:0], **FIT)
+
+
+def _mlp3():
+    return BayesianNetwork(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)))
+
+
+@pytest.mark.parametrize("x, match", [
+    (torch.randn(40), r"cannot take x of shape \(40,\).*\(N, d\) for a first nn.Linear"),
+    (torch.randn(40, 4), r"cannot take x of shape \(40, 4\)"),
+    (torch.randn(40, 5, 3), r"returns outputs of shape \(N, 5, 1\).*nn.Flatten"),
+])
+def test_fit_input_shape_errors_name_the_shape_before_torch_sees_it(x, match):
+    with pytest.raises(ValueError, match=match):
+        pyrobdl.fit(_mlp3(), x, torch.randn(40), method="mean-field", num_steps=2, progress=False)
+
+
+@pytest.mark.parametrize("method", ["mean-field", "mc-dropout", "ensemble"])
+def test_predict_checks_the_input_shape_it_was_fitted_on(method, tmp_path):
+    x = torch.randn(40, 3)
+    post = pyrobdl.fit(_mlp3(), x, x.sum(-1), method=method, num_steps=2, progress=False)
+    assert post.model.input_shape == (3,)
+    for bad in (torch.randn(5, 4), torch.randn(3), torch.randn(2, 5, 3)):
+        with pytest.raises(ValueError, match=r"x has shape .* fitted on inputs of shape \(N, 3\)"):
+            post.predict(bad, num_samples=2)
+    assert post.predict(torch.randn(5, 3), num_samples=2).mean.shape == (5,)
+    post.save(tmp_path / "p.pt")  # the recorded shape travels with the file
+    back = pyrobdl.load(tmp_path / "p.pt")
+    with pytest.raises(ValueError, match=r"fitted on inputs of shape \(N, 3\)"):
+        back.predict(torch.randn(5, 4), num_samples=2)
+
+
+def test_one_feature_hint():
+    x = torch.randn(30, 1)
+    model = BayesianNetwork(nn.Sequential(nn.Linear(1, 8), nn.ReLU(), nn.Linear(8, 1)))
+    post = pyrobdl.fit(model, x, x[:, 0], method="mean-field", num_steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"unsqueeze\(-1\) for one feature"):
+        post.predict(torch.randn(7), num_samples=2)

@@ -164,6 +164,13 @@ class Posterior:
         """Checked inputs as a tensor of the network's dtype; the posterior moves to their
         device (everything follows the device of the inputs)."""
         x = check_inputs(x, "x")
+        fitted = getattr(self.model, "input_shape", None)
+        if fitted is not None and tuple(x.shape[1:]) != tuple(fitted):
+            hint = " (x.unsqueeze(-1) for one feature)" if x.dim() == 1 and tuple(fitted) == (1,) else ""
+            raise ValueError(
+                f"x has shape {tuple(x.shape)} but the posterior was fitted on inputs of shape "
+                f"(N, {', '.join(map(str, fitted))}); pass x with that shape{hint}"
+            )
         if x.device != self.device:
             self.to(x.device)
         if x.dtype != self.model.dtype:
@@ -322,6 +329,7 @@ class Inference:
             pyro.set_rng_seed(self.seed)
         data = Data(model, x, y)
         work = model.fresh_copy().to(data.device)
+        work.input_shape = data.input_shape
         if self.seed is not None:
             reset_bayesian_parameters(work)
         posterior = self._fit(work, data)
@@ -448,6 +456,7 @@ class Data:
         loader: the DataLoader (``None`` for tensors).
         num_data: the dataset size :math:`N`.
         device: the device of the data (the fit runs there).
+        input_shape: the shape of one input row, ``x.shape[1:]``.
     """
 
     def __init__(self, model: BayesianNetwork, x, y):
@@ -465,6 +474,7 @@ class Data:
             self.device = xb.device
             self.x, self.y = None, None
             self._first = (xb, yb)
+            self.input_shape = tuple(xb.shape[1:])
         else:
             if x is None or y is None:
                 raise ValueError("fit needs inputs x and targets y (or a DataLoader yielding (x, y) batches)")
@@ -472,6 +482,7 @@ class Data:
             self.x, self.y = x, y
             self.num_data = x.shape[0]
             self.device = x.device
+            self.input_shape = tuple(x.shape[1:])
 
     @staticmethod
     def _unpack(batch):
