@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from typing import List, Optional, Sequence
@@ -218,6 +219,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.command == "datasets":
                 from . import datasets
 
+                if args.data_dir is not None and not os.path.isdir(args.data_dir):
+                    raise ValueError(f"--data-dir {args.data_dir!r} is not a folder; pass the folder that holds the UCI datasets")
                 print(datasets.format_table(args.data_dir))
                 return 0
             return _compare(args)

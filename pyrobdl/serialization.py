@@ -165,6 +165,7 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path!r}")
+    _check_map_location(map_location)
     try:
         state = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -183,10 +184,21 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a pyrobdl posterior file (saved with posterior.save)")
-    if state.get("format_version", 0) > FORMAT_VERSION:
+    version = state.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{path!r} is corrupt: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise ValueError(
-            f"{path!r} was written by a newer pyrobdl (format {state['format_version']}); upgrade pyrobdl to load it"
+            f"{path!r} was written by a newer pyrobdl (format {version}); upgrade pyrobdl to load it"
         )
+    for key, kind in (("method", str), ("model", dict), ("net_state", dict), ("posterior", dict)):
+        if not isinstance(state.get(key), kind):
+            raise ValueError(
+                f"{path!r} is corrupt: {key!r} is missing or not a {kind.__name__} "
+                f"(got {type(state.get(key)).__name__}); save the posterior again with posterior.save(path)"
+            )
+    _check_finite(state["net_state"], "net_state", path)
+    _check_finite(state["posterior"], "posterior", path)
     from .inference.registry import get_posterior
 
     cfg = state["model"]
@@ -196,14 +208,17 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
                 f"{path!r} holds a custom network whose architecture cannot be stored as data; "
                 "pass the model: pyrobdl.load(path, model=BayesianNetwork(MyNet(), prior=..., likelihood=...))"
             )
-        net = spec_to_net(cfg["net_spec"])
-        model = BayesianNetwork(
-            net,
-            prior=_priors.prior_from_config(cfg["prior"]),
-            likelihood=_lik.get_likelihood(cfg["likelihood"]),
-            bayesian=cfg["bayesian"],
-            name=cfg["name"],
-        )
+        net = _net_from_spec(cfg["net_spec"], state["net_state"], path)
+        try:
+            model = BayesianNetwork(
+                net,
+                prior=_priors.prior_from_config(cfg["prior"]),
+                likelihood=_lik.get_likelihood(cfg["likelihood"]),
+                bayesian=cfg["bayesian"],
+                name=cfg["name"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path!r} has a corrupt model description: {type(e).__name__}: {e}") from None
     elif not isinstance(model, BayesianNetwork):
         raise TypeError(f"model must be a pyrobdl.BayesianNetwork, got {type(model).__name__}")
     try:
@@ -221,4 +236,58 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
         cls = get_posterior(state["method"])
     except ValueError as e:
         raise ValueError(f"{path!r} holds a posterior of method {state['method']!r}: {e}") from None
-    return cls.from_state(model, state["posterior"])
+    try:
+        return cls.from_state(model, state["posterior"])
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
+        raise ValueError(
+            f"{path!r} holds a corrupt {state['method']} posterior state ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}); save the posterior again with posterior.save(path)"
+        ) from None
+
+
+def _check_map_location(map_location) -> None:
+    """A CUDA ``map_location`` on a machine without CUDA is an error that says so."""
+    if map_location is None or callable(map_location) or isinstance(map_location, dict):
+        return
+    try:
+        dev = torch.device(map_location)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"map_location={map_location!r} is not a device; use 'cpu' or 'cuda'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"map_location={map_location!r}: CUDA is not available on this machine; load with the default "
+            "map_location (CPU) instead"
+        )
+
+
+def _check_finite(obj, where: str, path) -> None:
+    """Every floating tensor in ``obj`` (nested dicts/lists) is finite."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            raise ValueError(f"{path!r} is corrupt: {where} holds NaN or infinite values")
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_finite(v, f"{where}[{k!r}]", path)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_finite(v, f"{where}[{i}]", path)
+
+
+def _net_from_spec(spec, net_state: Dict[str, Any], path) -> nn.Module:
+    """The network a spec describes, built on the meta device first so that nothing is
+    allocated before its parameter and buffer shapes are checked against the saved tensors
+    (a file cannot make ``load`` allocate more than the tensors it holds)."""
+    try:
+        with torch.device("meta"):
+            meta = spec_to_net(spec)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise ValueError(f"{path!r} has a corrupt network spec: {type(e).__name__}: {e}") from None
+    want = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in net_state.items() if isinstance(v, torch.Tensor)}
+    if want != have:
+        bad = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))[:5]
+        raise ValueError(
+            f"{path!r} is corrupt: its network spec does not match its saved weights "
+            f"({', '.join(f'{k}: spec {want.get(k)}, saved {have.get(k)}' for k in bad)})"
+        )
+    return spec_to_net(spec)

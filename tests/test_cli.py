@@ -204,6 +204,8 @@ def _bad_csv(tmp_path, body):
         (["--config", "{bad_method}"], ["unknown method 'magic'", "known methods"]),
         (["--config", "{tmp}/nope.yaml"], ["config file not found"]),
         (["--device", "tpu"], ["device"]),
+        (["--seed", "-1"], ["seed (--seed) must be an integer in [0, 2**32 - 1000)", "got -1"]),
+        (["--seed", str(2**64)], ["seed (--seed)", str(2**64)]),
     ],
 )
 def test_bad_input_one_line_error(tmp_path, capsys, args, expected):
@@ -261,6 +263,12 @@ def test_options_profiles_and_default_methods(tmp_path):
     assert big.num_bayesian_parameters > pyrobdl.inference.get_method("nuts").max_weights
     assert "nuts" not in compare_mod.default_methods(big)
     assert "mean-field" in compare_mod.default_methods(big)
+
+
+def test_datasets_with_a_missing_data_dir_is_an_error(capsys):
+    code = main(["datasets", "--data-dir", "/nonexistent/uci"])
+    cap = capsys.readouterr()
+    assert code == 2 and "--data-dir '/nonexistent/uci' is not a folder" in cap.err and cap.out == ""
 
 
 def test_python_m_pyrobdl_datasets():

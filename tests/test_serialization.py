@@ -88,3 +88,41 @@ def test_corrupt_and_wrong_files(tmp_path):
     wrong = BayesianNetwork(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 1)))
     with pytest.raises(ValueError, match="do not fit"):
         pyrobdl.load(tmp_path / "p.pt", model=wrong)
+
+
+def _tampered(tmp_path, name, change):
+    post, _ = _fit()
+    good = tmp_path / "good.pt"
+    post.save(good)
+    state = torch.load(good, weights_only=True)
+    change(state)
+    path = tmp_path / f"{name}.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("name, change, match", [
+    ("no-model", lambda s: s.pop("model"), r"'model' is missing or not a dict"),
+    ("empty-posterior", lambda s: s.__setitem__("posterior", {}), r"corrupt svi posterior state \(KeyError: 'family'\)"),
+    ("string-version", lambda s: s.__setitem__("format_version", "1"), "format_version must be an integer"),
+    ("nan-weights", lambda s: s["net_state"].__setitem__("0.weight", torch.full_like(s["net_state"]["0.weight"], float("nan"))),
+     r"net_state\['0.weight'\] holds NaN"),
+    ("huge-spec", lambda s: s["model"]["net_spec"]["children"][0]["args"].__setitem__("in_features", 10**12),
+     r"spec does not match its saved weights \(0.weight: spec \(\d+, 1000000000000\)"),
+    ("bad-spec", lambda s: s["model"]["net_spec"]["children"][0]["args"].__setitem__("in_features", "ten"),
+     "corrupt network spec"),
+])
+def test_tampered_files_are_clear_errors_before_any_allocation(tmp_path, name, change, match):
+    """A file from elsewhere decides nothing: every malformed part is a ValueError naming it, and
+    a spec asking for a 10^12-wide layer is refused by comparing shapes on the meta device."""
+    path = _tampered(tmp_path, name, change)
+    with pytest.raises(ValueError, match=match):
+        pyrobdl.load(path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_map_location_without_cuda_says_so(tmp_path):
+    post, _ = _fit()
+    post.save(tmp_path / "p.pt")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pyrobdl.load(tmp_path / "p.pt", map_location="cuda")

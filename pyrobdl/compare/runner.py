@@ -496,6 +496,8 @@ def compare(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer, got {seed!r}")
     seed = int(seed)
+    if not 0 <= seed < 2**32 - 1000:  # each split runs with seed + split
+        raise ValueError(f"seed (--seed) must be an integer in [0, 2**32 - 1000), got {seed}")
     num_samples = check_positive_int(
         num_samples if num_samples is not None else (profiles.QUICK_NUM_SAMPLES if quick else profiles.NUM_SAMPLES),
         "num_samples",
