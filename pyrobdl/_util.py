@@ -41,11 +41,20 @@ def as_tensor(value, name: str, *, dtype: Optional[torch.dtype] = None, device=N
     if isinstance(value, torch.Tensor):
         t = value
     elif isinstance(value, (np.ndarray, list, tuple, numbers.Number)):
-        t = torch.as_tensor(np.asarray(value))
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(
+                f"{name} must hold real numbers, got an array of dtype {arr.dtype}"
+                + (" (complex: pass the real part or split it into features)" if arr.dtype.kind == "c" else
+                   "; convert it to numbers first (e.g. encode categories, parse strings)")
+            )
+        t = torch.as_tensor(arr)
     else:
         raise TypeError(
             f"{name} must be a torch.Tensor or a numpy array, got {type(value).__name__}"
         )
+    if t.is_complex():
+        raise TypeError(f"{name} must be real-valued, got a complex tensor; pass its real part or split it into features")
     if dtype is not None and t.dtype != dtype:
         t = t.to(dtype)
     if device is not None and t.device != torch.device(device):

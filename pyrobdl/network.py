@@ -45,7 +45,7 @@ from . import likelihoods as _lik
 from . import priors as _priors
 from ._fast import chain as fast_chain
 from ._fast import engine
-from ._util import check_inputs, check_positive_int, check_same_length, eval_mode
+from ._util import as_tensor, check_inputs, check_positive_int, check_same_length, eval_mode
 from .prediction import Prediction
 
 __all__ = ["BayesianNetwork", "LatentSite"]
@@ -476,7 +476,7 @@ class BayesianNetwork(nn.Module):
             x = x.to(self.dtype)
         if y is None:
             return x, None
-        y_t = torch.as_tensor(y) if not isinstance(y, torch.Tensor) else y
+        y_t = as_tensor(y, "y")
         if y_t.dim() == 0:
             raise ValueError("y must have one row per input, got a scalar")
         check_same_length(x, y_t)

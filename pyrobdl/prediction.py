@@ -42,6 +42,8 @@ import torch
 __all__ = ["Prediction", "RegressionPrediction", "ClassificationPrediction", "mixture_quantile"]
 
 _LOG_2PI = math.log(2 * math.pi)
+#: class probabilities must sum to one within this (or 16 machine epsilons of their dtype)
+PROB_SUM_ATOL = 1e-4
 _INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
 
 
@@ -169,6 +171,14 @@ class RegressionPrediction(Prediction):
                 f"loc must have shape (num_samples, N, ...), got {tuple(loc.shape)}"
             )
         scale = torch.as_tensor(scale, dtype=loc.dtype, device=loc.device).expand_as(loc)
+        # one fused check (one device sync): finite means, finite non-negative scales
+        if not bool((torch.isfinite(loc).all() & torch.isfinite(scale).all() & (scale >= 0).all())):
+            what = "loc has NaN or infinite values" if not bool(torch.isfinite(loc).all()) else (
+                "scale has NaN or infinite values" if not bool(torch.isfinite(scale).all()) else "scale has negative values")
+            raise ValueError(
+                f"RegressionPrediction: {what}; a prediction needs finite means and noise stds >= 0 "
+                "(a fit that diverged gives such outputs: check its losses and warnings)"
+            )
         self.samples = {"loc": loc, "scale": scale}
 
     # -- moments -----------------------------------------------------------
@@ -303,6 +313,14 @@ class ClassificationPrediction(Prediction):
         if probs.dim() < 3:
             raise ValueError(
                 f"probs must have shape (num_samples, N, ..., C), got {tuple(probs.shape)}"
+            )
+        tol = max(PROB_SUM_ATOL, 16 * torch.finfo(probs.dtype).eps) if probs.is_floating_point() else PROB_SUM_ATOL
+        ok = torch.isfinite(probs).all() & (probs >= -tol).all() & (probs <= 1 + tol).all()
+        ok = ok & ((probs.sum(-1) - 1).abs() <= tol).all()
+        if not bool(ok):
+            raise ValueError(
+                f"ClassificationPrediction: probs must be finite, in [0, 1] and sum to 1 over the last "
+                f"(class) dimension within {tol}; apply softmax to logits first"
             )
         self.samples = {"probs": probs}
 

@@ -1,4 +1,5 @@
 """Every bad input named in the core issue raises a clear ValueError/TypeError."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -123,3 +124,39 @@ def test_one_feature_hint():
     post = pyrobdl.fit(model, x, x[:, 0], method="mean-field", num_steps=2, progress=False)
     with pytest.raises(ValueError, match=r"unsqueeze\(-1\) for one feature"):
         post.predict(torch.randn(7), num_samples=2)
+
+
+@pytest.mark.parametrize("x, y, error, match", [
+    (torch.randn(10, 3, dtype=torch.complex64), torch.randn(10), TypeError, "x must be real-valued"),
+    (np.ones((10, 3), dtype=complex), torch.randn(10), TypeError, "x must hold real numbers.*complex"),
+    (np.array([[1, "a", 2]] * 10, dtype=object), torch.randn(10), TypeError, "x must hold real numbers, got an array of dtype object"),
+    (torch.randn(10, 3), ["a"] * 10, TypeError, "y must hold real numbers"),
+])
+def test_non_numeric_inputs_name_the_argument(x, y, error, match):
+    with pytest.raises(error, match=match):
+        pyrobdl.fit(_mlp3(), x, y, method="mean-field", num_steps=2, progress=False)
+
+
+def test_prediction_objects_validate_their_contents():
+    from pyrobdl.prediction import ClassificationPrediction, RegressionPrediction
+
+    with pytest.raises(ValueError, match="loc has NaN"):
+        RegressionPrediction(torch.tensor([[float("nan"), 0.0]]), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="scale has negative values"):
+        RegressionPrediction(torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]))
+    with pytest.raises(ValueError, match="sum to 1"):
+        ClassificationPrediction(torch.tensor([[[0.9, 0.9]]]))
+    with pytest.raises(ValueError, match="sum to 1"):
+        ClassificationPrediction(torch.tensor([[[float("nan"), 1.0]]]))
+    # float16 softmax rows sum to 1 only within its precision: accepted
+    ClassificationPrediction(torch.softmax(torch.randn(4, 5, 10), -1).half())
+    RegressionPrediction(torch.zeros(1, 2), torch.zeros(1, 2))  # a zero noise std is allowed
+
+
+def test_labels_of_another_shape_are_not_reshaped():
+    import pyrobdl.metrics as M
+
+    probs = [[0.9, 0.1]] * 4
+    with pytest.raises(ValueError, match=r"labels has shape \(2, 2\) but the predictions are for points of shape \(4,\)"):
+        M.expected_calibration_error(probs, [[0, 1], [1, 0]])
+    assert M.expected_calibration_error(probs, [[0], [1], [1], [0]]) == M.expected_calibration_error(probs, [0, 1, 1, 0])

@@ -89,8 +89,10 @@ def as_labels(
             )
     arr = arr.astype(np.int64)
     if arr.shape != tuple(target_shape):
-        if arr.size == math.prod(target_shape):
-            arr = arr.reshape(target_shape)
+        target_shape = tuple(target_shape)
+        extra = arr.shape[len(target_shape):]
+        if arr.shape[: len(target_shape)] == target_shape and all(d == 1 for d in extra):
+            arr = arr.reshape(target_shape)  # (N, 1) labels for N points
         else:
             raise ValueError(
                 f"{name} has shape {arr.shape} but the predictions are for points of shape "
