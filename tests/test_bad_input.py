@@ -160,3 +160,13 @@ def test_labels_of_another_shape_are_not_reshaped():
     with pytest.raises(ValueError, match=r"labels has shape \(2, 2\) but the predictions are for points of shape \(4,\)"):
         M.expected_calibration_error(probs, [[0, 1], [1, 0]])
     assert M.expected_calibration_error(probs, [[0], [1], [1], [0]]) == M.expected_calibration_error(probs, [0, 1, 1, 0])
+
+
+def test_predict_refuses_a_sample_count_that_cannot_fit_in_memory():
+    """10^9 samples of a 41-weight net at 40 inputs is ~450 GiB: refused with the estimate
+    before anything is allocated (it used to ask the allocator for it)."""
+    x = torch.randn(40, 3)
+    post = pyrobdl.fit(_mlp3(), x, x.sum(-1), method="mean-field", num_steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"num_samples=1000000000 needs about [\d,.]+ GiB .* use fewer samples"):
+        post.predict(x, num_samples=10**9)
+    assert post.predict(x, num_samples=10).mean.shape == (40,)

@@ -206,6 +206,8 @@ def _bad_csv(tmp_path, body):
         (["--device", "tpu"], ["device"]),
         (["--seed", "-1"], ["seed (--seed) must be an integer in [0, 2**32 - 1000)", "got -1"]),
         (["--seed", str(2**64)], ["seed (--seed)", str(2**64)]),
+        (["--hidden", "10000000"], ["--hidden 10000000", "GiB", "use --hidden"]),
+        (["--num-samples", "1000000000"], ["--num-samples 1000000000", "GiB"]),
     ],
 )
 def test_bad_input_one_line_error(tmp_path, capsys, args, expected):

@@ -32,7 +32,7 @@ from .. import likelihoods as _likelihoods
 from .. import priors as _priors
 from .._util import check_positive_int
 from ..datasets._base import RANDOM_SPLITS
-from ..inference.base import fit as _fit
+from ..inference.base import fit as _fit, memory_limit
 from ..inference.registry import available_methods, get_method, methods as registered_methods
 from ..network import BayesianNetwork
 from . import profiles
@@ -281,6 +281,38 @@ class _Data:
         return self._cache[split]
 
 
+#: a fit holds several copies of the weights and of one pass's activations (gradients, optimiser
+#: state, samples or chains): refuse widths whose single copy exceeds this share of the memory
+WIDTH_MEMORY_SHARE = 1 / 8
+
+
+def _check_width(ds: _datasets.Dataset, hidden: int, device: torch.device, num_samples: int) -> None:
+    """Refuse, before building anything, a hidden width whose weights plus one pass's hidden
+    activations over the training rows (float32) exceed :data:`WIDTH_MEMORY_SHARE` of the
+    device's memory (``--hidden 10000000`` would otherwise end in the out-of-memory killer),
+    and a ``num_samples`` whose kept predictive samples cannot fit in memory."""
+    limit = memory_limit(device)
+    if limit is None:
+        return
+    d, k = ds.input_dim, max(2, int(ds.num_classes or 2))
+    rows = ds.n_test + (0 if ds.x_ood is None else int(ds.x_ood.shape[0]))
+    weights = (d + 1) * hidden + (hidden + 1) * k
+    predict = 4 * num_samples * (weights + 2 * rows * k)
+    if predict > limit:
+        raise ValueError(
+            f"--num-samples {num_samples}: the predictive samples need about {predict / 2**30:,.1f} GiB, more than "
+            f"the {limit / 2**30:,.1f} GiB of {device.type} memory here; a few hundred samples suffice (default "
+            f"{profiles.NUM_SAMPLES})"
+        )
+    need = 4 * (weights + ds.n_train * hidden)
+    if need > WIDTH_MEMORY_SHARE * limit:
+        raise ValueError(
+            f"--hidden {hidden}: the weights and one pass over the {ds.n_train} training rows need about "
+            f"{need / 2**30:,.1f} GiB, and a fit holds several copies; this machine has {limit / 2**30:,.1f} GiB "
+            f"of {device.type} memory, so use --hidden {max(1, int(WIDTH_MEMORY_SHARE * limit / (4 * (d + k + 2 + ds.n_train))))} or less"
+        )
+
+
 def _parse_methods(methods: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
     if methods is None:
         return None
@@ -514,6 +546,7 @@ def compare(
     if hidden is None:
         hidden = profiles.QUICK_HIDDEN if quick else int(first.meta.get("n_hidden", profiles.HIDDEN))
     hidden = check_positive_int(hidden, "hidden")
+    _check_width(first, hidden, dev, num_samples)
     probe = build_model(first, hidden=hidden)
     skipped: Dict[str, str] = {}
     if method_list is None:

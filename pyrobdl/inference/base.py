@@ -14,13 +14,15 @@ The method registry is :mod:`pyrobdl.inference.registry`.
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Iterator, Optional, Tuple, Type
 
 import pyro
 import torch
 
-from .._util import check_inputs, check_positive_int, check_seed, warn_user
+from .._util import check_inputs, check_positive_int, check_seed, eval_mode, warn_user
 from ..network import BayesianNetwork
 from ..prediction import ClassificationPrediction, Prediction, RegressionPrediction
 from . import registry as _registry
@@ -218,6 +220,8 @@ class Posterior:
             chunk_size = check_positive_int(chunk_size, "chunk_size")
         if max_memory is not None:
             max_memory = check_positive_int(max_memory, "max_memory")
+        if num_samples is not None:
+            check_prediction_memory(self.model, x, num_samples)
         out, lats = self.sample_outputs(x, num_samples, chunk_size=chunk_size, max_memory=max_memory)
         return self.model.likelihood.prediction(out, lats)
 
@@ -445,6 +449,38 @@ def check_fit(posterior: Posterior, data: "Data", *, hint: str = "") -> Dict[str
             )
     posterior.fit_info["checks"] = checks
     return checks
+
+
+# ---------------------------------------------------------------------------- memory
+def memory_limit(device: torch.device) -> Optional[int]:
+    """The memory a prediction may use on ``device``, in bytes: the GPU's total memory, or
+    this machine's physical memory for the CPU (``None`` when it cannot be told)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_prediction_memory(model: BayesianNetwork, x: torch.Tensor, num_samples: int) -> None:
+    """Refuse, before allocating, a prediction whose kept samples cannot fit in memory: the
+    :math:`S` latent draws (:math:`S\times D` values) and the sampled outputs and the
+    prediction's tensors (about :math:`2\,S\times N\times k`), in ``x``'s dtype."""
+    limit = memory_limit(x.device)
+    if limit is None:
+        return
+    with torch.no_grad(), eval_mode(model.net):
+        k = int(math.prod(model.net(x[:1]).shape[1:]))
+    per_sample = model.num_bayesian_parameters + 2 * x.shape[0] * k
+    need = num_samples * per_sample * x.element_size()
+    if need > limit:
+        raise ValueError(
+            f"num_samples={num_samples} needs about {need / 2**30:,.1f} GiB for the predictive samples "
+            f"({num_samples} x ({model.num_bayesian_parameters} weights + 2 x {x.shape[0]} inputs x {k} outputs) "
+            f"values), more than the {limit / 2**30:,.1f} GiB of {x.device.type} memory here; use fewer samples "
+            "(a few hundred to a few thousand suffice for means and intervals) or predict on fewer inputs at a time"
+        )
 
 
 # ---------------------------------------------------------------------------- data
