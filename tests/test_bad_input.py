@@ -170,3 +170,11 @@ def test_predict_refuses_a_sample_count_that_cannot_fit_in_memory():
     with pytest.raises(ValueError, match=r"num_samples=1000000000 needs about [\d,.]+ GiB .* use fewer samples"):
         post.predict(x, num_samples=10**9)
     assert post.predict(x, num_samples=10).mean.shape == (40,)
+
+
+def test_a_diverging_low_rank_fit_is_the_same_clear_error_as_other_divergences():
+    """lr=100 on raw targets of scale 1e6 used to end in torch's linalg.cholesky error."""
+    torch.manual_seed(0)
+    x = torch.randn(100, 3) * 1e3
+    with pytest.raises(FloatingPointError, match=r"(became nan|no longer positive definite).*lower lr \(now 100.0\).*standardise"):
+        pyrobdl.fit(_mlp3(), x, x.sum(-1) * 1e3, method="low-rank", num_steps=300, lr=100.0, progress=False, seed=0)

@@ -126,7 +126,14 @@ def train(
     with pyro.validation_enabled(False):
         for step in bar:
             xb, yb = next(batches)
-            loss, record = loss_fn(step, xb, yb)
+            try:
+                loss, record = loss_fn(step, xb, yb)
+            except torch.linalg.LinAlgError as e:  # a covariance that lost positive definiteness
+                raise FloatingPointError(
+                    f"the {what} could not be evaluated at step {step}: the variational covariance is no "
+                    f"longer positive definite ({str(e).split(':')[0]}), the sign of a diverging fit; lower lr "
+                    f"(now {lr}) or {hint}"
+                ) from None
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if boosts:
