@@ -178,3 +178,27 @@ def test_a_diverging_low_rank_fit_is_the_same_clear_error_as_other_divergences()
     x = torch.randn(100, 3) * 1e3
     with pytest.raises(FloatingPointError, match=r"(became nan|no longer positive definite).*lower lr \(now 100.0\).*standardise"):
         pyrobdl.fit(_mlp3(), x, x.sum(-1) * 1e3, method="low-rank", num_steps=300, lr=100.0, progress=False, seed=0)
+
+
+@pytest.mark.parametrize("x_scale, y_scale, match", [
+    (1e6, 1.0, "an input feature has std"),
+    (1.0, 1e6, "the targets have std"),
+    (1.0, 1e-4, "the targets have std"),
+])
+def test_data_far_from_unit_scale_warns(x_scale, y_scale, match):
+    """x and y scaled by 1e6 used to give a finite loss and a constant predictor with no word."""
+    torch.manual_seed(0)
+    x = torch.randn(60, 3)
+    y = (x.sum(-1) + 0.1 * torch.randn(60)) * y_scale
+    with pytest.warns(UserWarning, match=match + ".*standardised data"):
+        pyrobdl.fit(_mlp3(), x * x_scale, y, method="mean-field", num_steps=5, progress=False)
+
+
+def test_unit_scale_data_does_not_warn_about_scale():
+    import warnings
+
+    x = torch.randn(60, 3) * 3.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pyrobdl.fit(_mlp3(), x, x.sum(-1), method="mean-field", num_steps=5, progress=False)
+    assert not any("standardised data" in str(w.message) for w in caught)

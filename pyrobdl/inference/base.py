@@ -332,6 +332,7 @@ class Inference:
         if self.seed is not None:
             pyro.set_rng_seed(self.seed)
         data = Data(model, x, y)
+        check_scales(model, data)
         work = model.fresh_copy().to(data.device)
         work.input_shape = data.input_shape
         if self.seed is not None:
@@ -392,6 +393,36 @@ CHECK_ROWS = 512
 CHECK_SAMPLES = 32
 #: :func:`check_fit` warns when the learned noise is below this fraction of the residual std
 NOISE_RATIO_WARNING = 1.0 / 3.0
+
+
+#: the data's scale outside which :func:`check_scales` warns (std of a target; of an input feature
+#: only above): the default priors and noise models assume standardised data (std about 1)
+SCALE_WARNING = (1e-2, 1e2)
+
+
+def check_scales(model: BayesianNetwork, data: "Data") -> None:
+    """Warn when regression targets, or any input feature, are far from unit scale: the fan-in
+    prior and the noise's prior and starting value assume standardised data, so at a scale of
+    1e6 a fit returns a finite loss and a near-constant predictor without any other sign."""
+    if data.x is None or data.num_data < 2:
+        return
+    lo, hi = SCALE_WARNING
+    x = data.x.reshape(data.num_data, -1)
+    x_std = float(x.std(0).max()) if x.is_floating_point() else 0.0
+    problems = []
+    if x_std > hi:
+        problems.append(f"an input feature has std {x_std:.3g}")
+    if getattr(model.likelihood, "task", None) == "regression" and data.y.is_floating_point():
+        y_std = float(data.y.std())
+        if y_std > hi or 0 < y_std < lo:
+            problems.append(f"the targets have std {y_std:.3g}")
+    if problems:
+        warn_user(
+            f"{' and '.join(problems)}: the default priors and noise model assume standardised data (std about 1), "
+            "so the fit may underfit or return a near-constant predictor. Standardise x and y with the training "
+            "data's mean and std (and convert predictions back), or give priors and likelihood scales that match "
+            "the data."
+        )
 
 
 def check_fit(posterior: Posterior, data: "Data", *, hint: str = "") -> Dict[str, float]:
