@@ -174,3 +174,18 @@ def ema(old: Optional[float], new: float, beta: float = 0.98) -> float:
     """Exponential moving average ``beta * old + (1 - beta) * new`` (``new`` when there is
     no finite ``old``), for progress bars."""
     return new if old is None or not math.isfinite(old) else beta * old + (1 - beta) * new
+
+
+def parse_device(value, what: str, instead: str) -> torch.device:
+    """``value`` as a :class:`torch.device`; ``ValueError`` naming ``what`` (e.g. ``"--device"``)
+    for something that is not a device or a CUDA device on a machine without CUDA, suggesting
+    ``instead``."""
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{what} {value!r} is not a device; use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"{what} {value}: CUDA is not available on this machine (torch.cuda.is_available() is False); {instead}"
+        )
+    return dev

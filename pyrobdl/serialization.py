@@ -22,6 +22,7 @@ from torch import nn
 from . import __version__
 from . import likelihoods as _lik
 from . import priors as _priors
+from ._util import parse_device
 from .network import BayesianNetwork
 
 __all__ = ["save", "load"]
@@ -249,15 +250,7 @@ def _check_map_location(map_location) -> None:
     """A CUDA ``map_location`` on a machine without CUDA is an error that says so."""
     if map_location is None or callable(map_location) or isinstance(map_location, dict):
         return
-    try:
-        dev = torch.device(map_location)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"map_location={map_location!r} is not a device; use 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"map_location={map_location!r}: CUDA is not available on this machine; load with the default "
-            "map_location (CPU) instead"
-        )
+    parse_device(map_location, "map_location", "load with the default map_location (CPU) instead")
 
 
 def _check_finite(obj, where: str, path) -> None:

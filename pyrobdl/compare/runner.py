@@ -30,7 +30,7 @@ from torch import nn
 from .. import datasets as _datasets
 from .. import likelihoods as _likelihoods
 from .. import priors as _priors
-from .._util import check_positive_int
+from .._util import check_positive_int, parse_device
 from ..datasets._base import RANDOM_SPLITS
 from ..inference.base import fit as _fit, memory_limit
 from ..inference.registry import available_methods, get_method, methods as registered_methods
@@ -183,15 +183,7 @@ def _versions() -> Dict[str, Optional[str]]:
 
 # ============================================================================ inputs
 def _check_device(device: Union[str, torch.device]) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "--device cuda: CUDA is not available on this machine (torch.cuda.is_available() is False); "
-            "use --device cpu"
-        )
+    dev = parse_device(device, "--device", "use --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {device!r}; use cpu or cuda")
     return dev
