@@ -224,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(datasets.format_table(args.data_dir))
                 return 0
             return _compare(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:
         print(f"pyrobdl: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -278,3 +278,61 @@ def test_python_m_pyrobdl_datasets():
     assert proc.returncode == 0, proc.stderr
     for name in ("toy-regression", "boston", "digits", "regression", "classification"):
         assert name in proc.stdout
+
+
+# ----------------------------------------------------------------------------- the output folder
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys):
+    """Two real processes: a live process holding the folder's lock makes a second run exit 2
+    naming it; once that process is gone its lock is stale and the next run takes it over."""
+    import platform
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (out / compare_mod.runner.LOCK_NAME).write_text(f"{holder.pid}\n{platform.node()}\n")
+        code, cap = _run(capsys, "--methods", "mean-field", "--out", out)
+        assert code == 2 and f"another pyrobdl compare (process {holder.pid}) is writing to" in cap.err
+        assert not (out / "results.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    code, cap = _run(capsys, "--methods", "mean-field", "--out", out)
+    assert code == 0, cap.err
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+    assert not (out / compare_mod.runner.LOCK_NAME).exists()  # released at the end
+
+
+def test_a_reused_folder_keeps_no_stale_outputs(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _ = _run(capsys, "--methods", "nuts,mean-field", "--out", out)
+    assert code == 0 and (out / "mcmc_trace_nuts.png").exists()
+    (out / "notes.txt").write_text("mine")
+    code, _ = _run(capsys, "--methods", "mean-field", "--out", out)
+    assert code == 0
+    assert not list(out.glob("mcmc_*.png")) and not list(out.glob("*.tmp"))  # the old run's plots are gone
+    assert (out / "notes.txt").read_text() == "mine"  # files pyrobdl did not write are left alone
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["methods"]) == ["mean-field"]
+    assert {p.name for p in out.glob("*.png")} == {p["file"] for p in results["plots"].values()}
+
+
+def test_an_unwritable_folder_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(compare_mod.runner, "_create_exclusive", refuse)
+    code, cap = _run(capsys, "--methods", "mean-field", "--out", tmp_path / "out")
+    assert code == 2 and "cannot write to output directory" in cap.err and "Permission denied" in cap.err
+    assert "Traceback" not in cap.err
+
+
+def test_interrupted_report_is_not_marked_complete(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_mod.runner, "write_report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare_mod.compare("toy-regression", methods="mean-field", quick=True, out=tmp_path, progress=False)
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "interrupted"
+    assert not (tmp_path / compare_mod.runner.LOCK_NAME).exists()

@@ -99,6 +99,17 @@ A failing (method, split) is recorded as ``{"status": "failed", "error":
 "<type>: <message>"}`` and the run goes on; ``results.json`` is rewritten
 after every finished (method, split), so nothing computed is lost.
 
+**The output folder.** One run writes to a folder at a time: a lock file
+(:class:`~pyrobdl.compare.runner.FolderLock`, holding the writer's process id)
+makes a second run into it fail with a ``ValueError`` naming the first, and a
+lock whose process is gone is taken over. A run first removes what an earlier
+run wrote there (its ``results.json``, the report and plots that file names,
+MCMC plots; :func:`~pyrobdl.compare.runner.clear_previous_outputs`), never
+other files. ``results.json`` is written atomically through a per-process
+temporary file and says ``"complete"`` only once the report is written too;
+an interruption (Ctrl-C) leaves ``"interrupted"``. A folder that cannot be
+written is a ``ValueError`` (exit code 2 on the command line).
+
 Example::
 
     from pyrobdl.compare import compare

@@ -251,7 +251,7 @@ def write_json(data: Mapping[str, Any], path: Path) -> None:
         >>> json.loads(path.read_text())
         {'rmse': None}
     """
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share it
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(to_jsonable(data), fh, indent=2, allow_nan=False)
         fh.write("\n")

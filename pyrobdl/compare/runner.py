@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import platform
@@ -47,6 +48,9 @@ __all__ = [
     "uses_variance_head",
     "SCHEMA_VERSION",
     "SMALL_WORK",
+    "FolderLock",
+    "LOCK_NAME",
+    "clear_previous_outputs",
 ]
 
 logger = logging.getLogger("pyrobdl.compare")
@@ -303,6 +307,105 @@ def _check_width(ds: _datasets.Dataset, hidden: int, device: torch.device, num_s
             f"{need / 2**30:,.1f} GiB, and a fit holds several copies; this machine has {limit / 2**30:,.1f} GiB "
             f"of {device.type} memory, so use --hidden {max(1, int(WIDTH_MEMORY_SHARE * limit / (4 * (d + k + 2 + ds.n_train))))} or less"
         )
+
+
+#: the lock file that marks a folder as being written by a ``compare`` run
+LOCK_NAME = ".pyrobdl-compare.lock"
+
+
+def _create_exclusive(path: Path) -> int:
+    """Create ``path``, failing with ``FileExistsError`` when it exists (atomic)."""
+    return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+
+
+class FolderLock:
+    """One ``compare`` run per output folder: an exclusively created lock file holding the
+    writer's process id and host. A second run into the folder fails with a ``ValueError``
+    naming the first; a lock left by a process that no longer runs (on this host) is taken
+    over. ``OSError`` (a read-only folder) becomes a ``ValueError`` naming the folder."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_NAME
+        me = f"{os.getpid()}\n{platform.node()}\n"
+        for _ in range(2):
+            try:
+                fd = _create_exclusive(self.path)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None:
+                    raise ValueError(
+                        f"another pyrobdl compare ({owner}) is writing to {folder}; wait for it to finish "
+                        "or use another --out"
+                    ) from None
+                try:  # a stale lock: its process is gone
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            except OSError as e:
+                raise ValueError(f"cannot write to output directory {folder}: {e.strerror or e}") from None
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me)
+            return
+        raise ValueError(f"could not take the lock {self.path}; remove it if no pyrobdl compare is running")
+
+    def _owner(self) -> Optional[str]:
+        """``"process N on HOST"`` when the lock's writer still runs (or runs elsewhere), else ``None``."""
+        try:
+            pid_text, host = (self.path.read_text().split("\n") + ["", ""])[:2]
+            pid = int(pid_text)
+        except (OSError, ValueError):
+            return "an unknown process"  # being written right now, or unreadable: do not steal it
+        if host and host != platform.node():
+            return f"process {pid} on {host}"
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return f"process {pid}"
+
+    def release(self) -> None:
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+#: the plots an MCMC method writes (one per method); other outputs are named in results.json
+_MCMC_PLOTS = ("mcmc_trace_*.png", "mcmc_rank_*.png")
+
+
+def clear_previous_outputs(folder: Path) -> List[str]:
+    """Remove what an earlier ``compare`` run wrote into ``folder`` (its ``results.json``, the
+    report and plot files that file names, MCMC plots, temporary files), so a new run's
+    outputs are never mixed with stale ones; other files are left alone. Returns the names
+    removed."""
+    folder = Path(folder)
+    names = set()
+    old = folder / "results.json"
+    if old.is_file():
+        names.add(old.name)
+        try:
+            prev = json.loads(old.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            prev = None
+        if isinstance(prev, dict) and "schema_version" in prev:
+            for p in (prev.get("plots") or {}).values():
+                if isinstance(p, dict) and isinstance(p.get("file"), str):
+                    names.add(p["file"])
+            report = prev.get("report") or {}
+            names.update(v for v in report.values() if isinstance(v, str) and v in ("report.md", "report.html"))
+    for pattern in _MCMC_PLOTS + ("results.json.*.tmp",):
+        names.update(p.name for p in folder.glob(pattern))
+    removed = []
+    for name in sorted(names):
+        path = folder / name
+        if path.parent == folder and path.is_file():  # plain names inside the folder only
+            path.unlink()
+            removed.append(name)
+    return removed
 
 
 def _parse_methods(methods: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
@@ -627,7 +730,13 @@ def compare(
             "error": None,
         }
     json_path = out_dir / "results.json"
-    write_json(results, json_path)
+    lock = FolderLock(out_dir)  # one writer per folder
+    try:
+        clear_previous_outputs(out_dir)
+        write_json(results, json_path)
+    except BaseException:
+        lock.release()
+        raise
 
     artefacts: Dict[str, Dict[str, Any]] = {}
     reference_preds: Dict[int, Any] = {}  # split -> the reference's test predictive
@@ -674,20 +783,23 @@ def compare(
             finally:
                 bar.close()
     finally:
-        results["status"] = "complete" if all(
-            e["status"] in ("ok", "failed", "partial") for e in results["methods"].values()
-        ) else "interrupted"
-        results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        results["total_seconds"] = time.perf_counter() - t_start
-        write_json(results, json_path)
         try:
-            written = write_report(results, out_dir, artefacts)
-            results["plots"] = written["plots"]
-            results["report"] = written["report"]
-        except Exception as e:  # noqa: BLE001 - keep results.json even if the report fails
-            results["report"] = {"error": _error_text(e)}
-            logger.warning("writing the report failed: %s", _error_text(e))
-        write_json(results, json_path)
+            finished = all(e["status"] in ("ok", "failed", "partial") for e in results["methods"].values())
+            results["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            results["total_seconds"] = time.perf_counter() - t_start
+            results["status"] = "interrupted"  # until the report is written too
+            write_json(results, json_path)
+            try:
+                written = write_report(results, out_dir, artefacts)
+                results["plots"] = written["plots"]
+                results["report"] = written["report"]
+            except Exception as e:  # noqa: BLE001 - keep results.json even if the report fails
+                results["report"] = {"error": _error_text(e)}
+                logger.warning("writing the report failed: %s", _error_text(e))
+            results["status"] = "complete" if finished else "interrupted"
+            write_json(results, json_path)
+        finally:
+            lock.release()
     return results
 
 
