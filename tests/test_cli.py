@@ -198,6 +198,9 @@ def _bad_csv(tmp_path, body):
         (["--csv", "{bad_missing}", "--target", "y"], ["missing value", "'x2'", "row 2"]),
         (["--csv", "{bad_text}", "--target", "y"], ["non-numeric value 'abc'", "'x1'", "row 1"]),
         (["--csv", "{good}", "--target", "price"], ["target column 'price' not found", "x1, x2, y"]),
+        (["--csv", "{good}", "--target", "y"], ["good.csv has 3 data rows", "training", "at least 10 and 5"]),
+        (["--csv", "{float_target}", "--target", "y", "--task", "classification"],
+         ["column 'y' holds non-integer numbers", "--task regression"]),
         (["--csv", "{good}"], ["--csv needs --target"]),
         (["--config", "{bad_config}"], ["unknown option(s) nmu_steps", "mean-field"]),
         (["--config", "{bad_value}"], ["invalid options for method 'mean-field'", "lr"]),
@@ -219,7 +222,9 @@ def test_bad_input_one_line_error(tmp_path, capsys, args, expected):
         "bad_config": tmp_path / "cfg.json",
         "bad_value": tmp_path / "value.json",
         "bad_method": tmp_path / "method.yaml",
+        "float_target": tmp_path / "float.csv",
     }
+    files["float_target"].write_text("x1,y\n" + "".join(f"{i},{0.37 * i:.2f}\n" for i in range(60)))
     files["bad_value"].write_text(json.dumps({"mean-field": {"lr": -1.0}}))
     files["bad_method"].write_text("magic:\n  num_steps: 10\n")
     files["bad_text"].write_text("x1,x2,y\nabc,2,3\n4,5,6\n")

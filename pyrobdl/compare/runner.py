@@ -217,6 +217,10 @@ def _ood_dataset(dataset: str, ood: str) -> str:
     return _datasets.resolve_name(name)
 
 
+#: a CSV comparison needs at least this many training and test rows
+MIN_CSV_TRAIN, MIN_CSV_TEST = 10, 5
+
+
 class _Data:
     """Loads the requested dataset's splits once, validating everything up front."""
 
@@ -260,6 +264,12 @@ class _Data:
         self.target = target
         self._cache: Dict[int, _datasets.Dataset] = {}
         first = self.get(self.splits[0])  # data errors surface here, before any fitting
+        if self.csv is not None and (first.n_train < MIN_CSV_TRAIN or first.n_test < MIN_CSV_TEST):
+            raise ValueError(
+                f"{self.csv.name} has {first.n_train + first.n_test} data rows: its random split leaves "
+                f"{first.n_train} for training and {first.n_test} for testing, and a comparison needs at least "
+                f"{MIN_CSV_TRAIN} and {MIN_CSV_TEST} (metrics on fewer test rows say nothing); use a larger file"
+            )
         self.task = first.task
         self.is_toy = self.csv is None and self.name in profiles.TOY_DATASETS
 

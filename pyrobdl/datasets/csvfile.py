@@ -195,6 +195,13 @@ def load_csv(
         )
 
     labels_raw = np.asarray(y_raw, dtype=object)
+    fractional = next((v for v in y_raw if _is_fractional(v)), None)
+    if fractional is not None:
+        raise ValueError(
+            f"column {header[t]!r} holds non-integer numbers (e.g. {fractional}): classification needs class "
+            "labels (integers or names); for a continuous target use task='regression' (--task regression), "
+            "or bin it into classes first"
+        )
     try:  # numeric labels sort numerically
         keys = sorted(set(y_raw), key=float)
     except ValueError:
@@ -225,3 +232,12 @@ def load_csv(
         source=str(path),
         meta=meta,
     )
+
+
+def _is_fractional(text: str) -> bool:
+    """Whether a label cell is a number that is not an integer (``"3.7"``; not ``"3"``, ``"3.0"``, ``"cat"``)."""
+    try:
+        v = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(v) and v != round(v)

@@ -338,3 +338,12 @@ def test_to_cuda():
     ds = datasets.load("boston").to("cuda")
     assert ds.x_train.is_cuda and ds.y_test.is_cuda and ds.x_std.is_cuda
     assert ds.unnormalize_x(ds.x_test).is_cuda
+
+
+def test_csv_classification_refuses_a_continuous_target(tmp_path):
+    """A float target read as classes used to make one class per row (accuracy 0, exit 0)."""
+    path = _write(tmp_path, "a,y\n" + "".join(f"{i},{0.37 * i:.2f}\n" for i in range(60)), "float.csv")
+    with pytest.raises(ValueError, match=r"column 'y' holds non-integer numbers \(e.g. 0.37\).*task='regression'"):
+        datasets.load_csv(path, target="y", task="classification")
+    ints = _write(tmp_path, "a,y\n" + "".join(f"{i},{i % 3}.0\n" for i in range(30)), "ints.csv")
+    assert datasets.load_csv(ints, target="y", task="classification").num_classes == 3  # "2.0" is a label
