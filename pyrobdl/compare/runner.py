@@ -33,7 +33,7 @@ from .. import likelihoods as _likelihoods
 from .. import priors as _priors
 from .._util import check_positive_int, parse_device
 from ..datasets._base import RANDOM_SPLITS
-from ..inference.base import fit as _fit, memory_limit
+from ..inference.base import fit as _fit, memory_limit, prediction_bytes
 from ..inference.registry import available_methods, get_method, methods as registered_methods
 from ..network import BayesianNetwork
 from . import profiles
@@ -303,7 +303,7 @@ def _check_width(ds: _datasets.Dataset, hidden: int, device: torch.device, num_s
     d, k = ds.input_dim, max(2, int(ds.num_classes or 2))
     rows = ds.n_test + (0 if ds.x_ood is None else int(ds.x_ood.shape[0]))
     weights = (d + 1) * hidden + (hidden + 1) * k
-    predict = 4 * num_samples * (weights + 2 * rows * k)
+    predict = prediction_bytes(num_samples, weights, rows, k)
     if predict > limit:
         raise ValueError(
             f"--num-samples {num_samples}: the predictive samples need about {predict / 2**30:,.1f} GiB, more than "

@@ -494,23 +494,32 @@ def memory_limit(device: torch.device) -> Optional[int]:
         return None
 
 
+def prediction_bytes(num_samples: int, num_weights: int, rows: int, outputs: int, itemsize: int = 4) -> int:
+    r"""Bytes a prediction keeps: the :math:`S` latent draws (:math:`S\times D` values) and
+    the sampled outputs and the prediction's tensors (about :math:`2\,S\times N\times k`)."""
+    return num_samples * (num_weights + 2 * rows * outputs) * itemsize
+
+
 def check_prediction_memory(model: BayesianNetwork, x: torch.Tensor, num_samples: int) -> None:
-    """Refuse, before allocating, a prediction whose kept samples cannot fit in memory: the
-    :math:`S` latent draws (:math:`S\times D` values) and the sampled outputs and the
-    prediction's tensors (about :math:`2\,S\times N\times k`), in ``x``'s dtype."""
+    """Refuse, before allocating, a prediction whose kept samples
+    (:func:`prediction_bytes`, in ``x``'s dtype) cannot fit in memory. The network's output
+    width is probed only when the estimate for one output is already above a thousandth of
+    the memory, so an ordinary ``predict`` pays nothing for the check."""
     limit = memory_limit(x.device)
     if limit is None:
         return
+    D, N, size = model.num_bayesian_parameters, x.shape[0], x.element_size()
+    if prediction_bytes(num_samples, D, N, 1, size) * 1000 <= limit:
+        return
     with torch.no_grad(), eval_mode(model.net):
         k = int(math.prod(model.net(x[:1]).shape[1:]))
-    per_sample = model.num_bayesian_parameters + 2 * x.shape[0] * k
-    need = num_samples * per_sample * x.element_size()
+    need = prediction_bytes(num_samples, D, N, k, size)
     if need > limit:
         raise ValueError(
             f"num_samples={num_samples} needs about {need / 2**30:,.1f} GiB for the predictive samples "
-            f"({num_samples} x ({model.num_bayesian_parameters} weights + 2 x {x.shape[0]} inputs x {k} outputs) "
-            f"values), more than the {limit / 2**30:,.1f} GiB of {x.device.type} memory here; use fewer samples "
-            "(a few hundred to a few thousand suffice for means and intervals) or predict on fewer inputs at a time"
+            f"({num_samples} x ({D} weights + 2 x {N} inputs x {k} outputs) values), more than the "
+            f"{limit / 2**30:,.1f} GiB of {x.device.type} memory here; use fewer samples (a few hundred to a "
+            "few thousand suffice for means and intervals) or predict on fewer inputs at a time"
         )
 
 
