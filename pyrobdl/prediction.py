@@ -276,6 +276,18 @@ class RegressionPrediction(Prediction):
         a = (1 - float(level)) / 2
         return self.quantile(a), self.quantile(1 - a)
 
+    def covers(self, y, level: float = 0.9) -> torch.Tensor:
+        r"""Whether each target lies in the central ``level`` interval (closed), elementwise.
+
+        For the mixture this is :math:`|2F(y)-1|\le p` (no quantile search). Subclasses whose
+        intervals are not the mixture's (conformal ones) override it together with
+        :meth:`interval`; :func:`pyrobdl.metrics.interval_coverage` calls it.
+        """
+        if not 0 < float(level) < 1:
+            raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+        y = self._check_y(y)
+        return (2.0 * self._cdf(y) - 1.0).abs() <= float(level)
+
     def sample(self, num_samples: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Draws of y from the predictive mixture, shape ``(num_samples, N, *event)``."""
         # one mixture component per draw *and per point*, so points are independent draws
@@ -403,6 +415,24 @@ class ClassificationPrediction(Prediction):
         lp = p.gather(-1, idx).squeeze(-1).clamp_min(torch.finfo(p.dtype).tiny).log()
         lp = lp.reshape(lp.shape[0], lp.shape[1], -1).sum(-1)
         return torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+
+    def prediction_sets(self, level: float = 0.9) -> torch.Tensor:
+        r"""Prediction sets as a boolean mask ``(N, *event, C)``: for each point the most
+        probable classes under :attr:`probs`, in order, until their total probability reaches
+        ``level`` (at least one class).
+
+        These trust the model's probabilities, so their coverage is only as good as its
+        calibration; the sets of a posterior recalibrated with
+        ``pyrobdl.calibration.recalibrate(..., method="aps" | "raps")`` carry the conformal
+        guarantee :math:`P(y\in C(x))\ge` ``level`` instead.
+        """
+        if not 0 < float(level) < 1:
+            raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+        p = self.probs
+        sorted_p, order = p.sort(-1, descending=True)
+        before = sorted_p.cumsum(-1) - sorted_p  # mass of the classes ranked above each class
+        keep_sorted = before < float(level)
+        return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
 
     def sample(self, num_samples: int = 1, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Draws of labels from the predictive, shape ``(num_samples, N, *event)``."""

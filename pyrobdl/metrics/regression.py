@@ -361,6 +361,10 @@ def interval_coverage(
         0.5
     """
     level = check_level(level)
+    if isinstance(prediction, Prediction):
+        # the prediction's own interval rule (conformal predictions override covers())
+        pred = regression_prediction(prediction, y, "interval_coverage")
+        return float(pred.covers(as_targets(pred, target), level).double().mean())
     _, u = _regression_pit(prediction, target, y, "interval_coverage")
     return float(np.mean(np.abs(2.0 * u - 1.0) <= level))
 
@@ -387,6 +391,9 @@ def mean_interval_width(
     a = 0.5 * (1.0 - level)
     if isinstance(prediction, Prediction):
         pred = regression_prediction(prediction, std, "mean_interval_width")
+        if type(pred).interval is not RegressionPrediction.interval:
+            lo, hi = pred.interval(level)  # a recalibrated prediction's own intervals
+            return float((hi - lo).double().mean())
         S = pred.num_samples
         loc = pred.samples["loc"].reshape(S, -1)
         scale = pred.samples["scale"].reshape(S, -1)
