@@ -202,3 +202,47 @@ def test_unit_scale_data_does_not_warn_about_scale():
         warnings.simplefilter("always")
         pyrobdl.fit(_mlp3(), x, x.sum(-1), method="mean-field", num_steps=5, progress=False)
     assert not any("standardised data" in str(w.message) for w in caught)
+
+
+# ----------------------------------------------------------------------------- later DataLoader batches
+def _loader(x, y, batch_size=5):
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size)
+
+
+@pytest.mark.parametrize("method", ["mean-field", "mc-dropout", "ensemble"])
+@pytest.mark.parametrize(
+    "case",
+    ["nan-x", "nan-y", "label-range", "bernoulli-5"],
+)
+def test_a_bad_later_dataloader_batch_is_named(method, case):
+    """Only the third batch (rows 10-14) is bad: the first batch validates, the error must name
+    the batch rather than blame the learning rate or fail inside torch."""
+    x, y = torch.randn(20, 2), torch.randn(20)
+    if case == "nan-x":
+        x[12, 1] = float("nan")
+        model, match = reg_model(), r"DataLoader batch 3 of epoch 1: x contains 1 NaN"
+    elif case == "nan-y":
+        y[12] = float("nan")
+        model, match = reg_model(), r"DataLoader batch 3 of epoch 1: y contains 1 NaN"
+    elif case == "label-range":
+        y = torch.arange(20) % 3
+        y[12] = 7
+        model = BayesianNetwork(nn.Sequential(nn.Linear(2, 3)), likelihood=likelihoods.Categorical())
+        match = r"DataLoader batch 3 of epoch 1: class labels must lie in \[0, 3\)"
+    else:
+        y = (torch.arange(20) % 2).float()
+        y[12] = 5.0
+        model = BayesianNetwork(nn.Sequential(nn.Linear(2, 1)), likelihood=likelihoods.Bernoulli())
+        match = r"DataLoader batch 3 of epoch 1: Bernoulli targets must be 0 or 1"
+    opts = dict(num_steps=8, progress=False)
+    if method == "ensemble":
+        opts = dict(epochs=2, progress=False)
+    with pytest.raises((ValueError, TypeError), match=match):
+        pyrobdl.fit(model, _loader(x, y), method=method, **opts)
+
+
+@pytest.mark.filterwarnings("ignore:the fitted SVIPosterior's learned noise")  # 8 steps: undertrained on purpose
+def test_good_later_dataloader_batches_train_as_before():
+    x, y = torch.randn(20, 2), torch.randn(20, 1)  # (N, 1) targets, reshaped like the first batch's
+    post = pyrobdl.fit(reg_model(), _loader(x, y), num_steps=8, progress=False)
+    assert torch.isfinite(post.predict(x).mean).all()

@@ -1,6 +1,7 @@
 """`pyrobdl compare` / `pyrobdl datasets` end to end (--quick), the JSON schema,
 the report and plots, the CSV path, a failing method, and bad input."""
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -341,3 +342,32 @@ def test_interrupted_report_is_not_marked_complete(tmp_path, monkeypatch):
         compare_mod.compare("toy-regression", methods="mean-field", quick=True, out=tmp_path, progress=False)
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "interrupted"
     assert not (tmp_path / compare_mod.runner.LOCK_NAME).exists()
+
+
+def test_a_report_interrupted_midway_leaves_none_of_its_files(tmp_path, monkeypatch):
+    """The report is built in a staging folder and moved in only when complete: a Ctrl-C after
+    some of its files were written leaves none of them beside a results.json marked interrupted."""
+    real = compare_mod.runner.write_report
+    seen = {}
+
+    def half_written(results, folder, artefacts=None):
+        seen["folder"] = Path(folder)
+        (Path(folder) / "metrics.png").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_mod.runner, "write_report", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        compare_mod.compare("toy-regression", methods="mean-field", quick=True, out=tmp_path, progress=False)
+    assert seen["folder"] != tmp_path and seen["folder"].parent == tmp_path  # built aside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]  # no half report, no stage
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "interrupted"
+    # a complete run into the same folder publishes the whole report and removes what a killed run left
+    stale = tmp_path / (compare_mod.runner.STAGE_PREFIX + "999999")
+    stale.mkdir()
+    (stale / "report.md").write_text("stale")
+    monkeypatch.setattr(compare_mod.runner, "write_report", real)
+    results = compare_mod.compare("toy-regression", methods="mean-field", quick=True, out=tmp_path, progress=False)
+    assert results["status"] == "complete" and not stale.exists()
+    assert "stale" not in (tmp_path / "report.md").read_text()
+    assert not list(tmp_path.glob(compare_mod.runner.STAGE_PREFIX + "*"))
+    assert {p.name for p in tmp_path.glob("*.png")} == {p["file"] for p in results["plots"].values()}

@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import re
+import shutil
 import time
 import traceback
 import warnings
@@ -415,7 +416,28 @@ def clear_previous_outputs(folder: Path) -> List[str]:
         if path.parent == folder and path.is_file():  # plain names inside the folder only
             path.unlink()
             removed.append(name)
+    for stage in folder.glob(STAGE_PREFIX + "*"):  # left by a run that was killed (we hold the lock)
+        if stage.is_dir() and not stage.is_symlink():
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage.name)
     return removed
+
+
+#: a run writes its plots and report into ``out/.pyrobdl-stage-<pid>`` and moves them into
+#: ``out`` only once the report is complete, so an interrupted run never leaves half a report
+STAGE_PREFIX = ".pyrobdl-stage-"
+
+
+def publish_stage(stage: Path, folder: Path) -> List[str]:
+    """Move every file of the staging folder ``stage`` into ``folder`` (each move atomic,
+    replacing a file of the same name) and remove ``stage``. Returns the names moved."""
+    moved = []
+    for path in sorted(stage.iterdir()):
+        if path.is_file():
+            os.replace(path, folder / path.name)
+            moved.append(path.name)
+    shutil.rmtree(stage, ignore_errors=True)
+    return moved
 
 
 def _parse_methods(methods: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
@@ -741,8 +763,10 @@ def compare(
         }
     json_path = out_dir / "results.json"
     lock = FolderLock(out_dir)  # one writer per folder
+    stage = out_dir / f"{STAGE_PREFIX}{os.getpid()}"  # plots and report, until complete
     try:
         clear_previous_outputs(out_dir)
+        stage.mkdir()
         write_json(results, json_path)
     except BaseException:
         lock.release()
@@ -765,7 +789,7 @@ def compare(
                         try:
                             res = _run_one(
                                 m, options[m], accepted[m], data.get(split), hidden=hidden, seed=split_seed,
-                                num_samples=num_samples, device=dev, out_dir=out_dir,
+                                num_samples=num_samples, device=dev, out_dir=stage,
                                 make_plots=m not in artefacts,
                             )
                             rec = {"split": split, **res["record"]}
@@ -800,15 +824,18 @@ def compare(
             results["status"] = "interrupted"  # until the report is written too
             write_json(results, json_path)
             try:
-                written = write_report(results, out_dir, artefacts)
+                written = write_report(results, stage, artefacts)  # built aside ...
                 results["plots"] = written["plots"]
                 results["report"] = written["report"]
             except Exception as e:  # noqa: BLE001 - keep results.json even if the report fails
                 results["report"] = {"error": _error_text(e)}
                 logger.warning("writing the report failed: %s", _error_text(e))
+            write_json(results, json_path)  # names the files (still "interrupted") so a later run clears them
+            publish_stage(stage, out_dir)  # ... and swapped in
             results["status"] = "complete" if finished else "interrupted"
             write_json(results, json_path)
         finally:
+            shutil.rmtree(stage, ignore_errors=True)
             lock.release()
     return results
 

@@ -551,6 +551,8 @@ class Data:
             self.x, self.y = None, None
             self._first = (xb, yb)
             self.input_shape = tuple(xb.shape[1:])
+            with torch.no_grad(), eval_mode(model.net):  # one output row: the targets' expected width
+                self._out_row = model.net(xb[:1].to(model.device)).detach()
         else:
             if x is None or y is None:
                 raise ValueError("fit needs inputs x and targets y (or a DataLoader yielding (x, y) batches)")
@@ -581,24 +583,22 @@ class Data:
     def batches(self, model: BayesianNetwork, batch_size: Optional[int], generator=None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Endless stream of (x, y) batches on the data's device."""
         if self.loader is not None:
-            # the first batch is fully validated (in __init__ and here); later batches are only
-            # converted, so validation adds no per-step forward pass or device sync
+            # the first batch is fully validated (in __init__ and here, with a probe pass); every
+            # later batch is checked on the loader's device before it moves (finite x of the fitted
+            # row shape, targets the likelihood accepts: finite, labels in range, 0/1), which costs
+            # no forward pass and, for a loader yielding CPU tensors, no device sync
             first = True
+            epoch = 0
             while True:
-                for batch in self.loader:
+                epoch += 1
+                for k, batch in enumerate(self.loader):
                     xb, yb = self._unpack(batch)
-                    xb, yb = xb.to(self.device), yb.to(self.device)
                     if first:
-                        xb, yb = model.check_data(xb, yb)
+                        xb, yb = model.check_data(xb.to(self.device), yb.to(self.device))
                         self._tshape, self._tdtype = yb.shape[1:], yb.dtype
                         first = False
                     else:
-                        if not xb.is_floating_point() or xb.dtype != model.dtype:
-                            xb = xb.to(model.dtype)
-                        if yb.dtype != self._tdtype:
-                            yb = yb.to(self._tdtype)
-                        if yb.shape[1:] != self._tshape:
-                            yb = yb.reshape((yb.shape[0],) + tuple(self._tshape))
+                        xb, yb = self._check_batch(model, xb, yb, k, epoch)
                     yield xb, yb
         N = self.num_data
         if batch_size is None or batch_size >= N:
@@ -609,6 +609,28 @@ class Data:
             for i in range(0, N - batch_size + 1, batch_size):
                 idx = perm[i : i + batch_size]
                 yield self.x[idx], self.y[idx]
+
+    def _check_batch(self, model: BayesianNetwork, xb, yb, k: int, epoch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """A later DataLoader batch, checked as the first was (without a forward pass), on the
+        data's device in the model's dtype; errors name the batch."""
+        try:
+            xb = check_inputs(xb, "x")
+            if tuple(xb.shape[1:]) != self.input_shape:
+                raise ValueError(
+                    f"x has rows of shape {tuple(xb.shape[1:])} but the first batch had {self.input_shape}; "
+                    "every batch must have the same row shape"
+                )
+            yb = torch.as_tensor(yb) if not isinstance(yb, torch.Tensor) else yb
+            if yb.dim() == 0 or yb.shape[0] != xb.shape[0]:
+                raise ValueError(f"x has {xb.shape[0]} rows but y has shape {tuple(yb.shape)}; pass one target per row")
+            yb = model.likelihood.check_target(yb, self._out_row.to(yb.device).expand(yb.shape[0], *self._out_row.shape[1:]))
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"DataLoader batch {k + 1} of epoch {epoch}: {e}") from None
+        xb = xb.to(device=self.device, dtype=model.dtype)
+        yb = yb.to(device=self.device, dtype=self._tdtype)
+        if yb.shape[1:] != self._tshape:
+            yb = yb.reshape((yb.shape[0],) + tuple(self._tshape))
+        return xb, yb
 
     def steps_per_epoch(self, batch_size: Optional[int]) -> int:
         if self.loader is not None:
