@@ -113,11 +113,14 @@ def _ratios(t: Dict[str, List[float]], base: str, others: List[str], stat=min) -
 
 
 def _summary(t: Dict[str, List[float]], base: str, others: List[str]) -> dict:
-    """Wall-clock ms per unit (median and min of the repeats) and ratio = other / base, of the
-    medians (``ratio_*``) and of the minimums (``ratio_*_min``)."""
+    """Wall-clock ms per unit (median and min of the repeats) and ratio = other / base: the
+    median over rounds of the ratio within a round (``ratio_*``: both sides timed back to back,
+    so a drift of the machine's speed cancels), of the medians (``ratio_*_of_medians``) and
+    of the minimums (``ratio_*_min``)."""
     out = {k: {"median_ms": 1e3 * statistics.median(v), "min_ms": 1e3 * min(v), "n": len(v)} for k, v in t.items()}
     for o in others:
-        out[f"ratio_{o}"] = statistics.median(t[o]) / statistics.median(t[base])
+        out[f"ratio_{o}"] = statistics.median(a / b for a, b in zip(t[o], t[base]))
+        out[f"ratio_{o}_of_medians"] = statistics.median(t[o]) / statistics.median(t[base])
         out[f"ratio_{o}_min"] = min(t[o]) / min(t[base])
     return out
 

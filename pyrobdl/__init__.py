@@ -14,6 +14,7 @@ Example::
     posterior = inference.MeanField(num_steps=3000, lr=1e-2).fit(model, x, y)
     pred = posterior.predict(x_test, num_samples=100)
     pred.mean, pred.epistemic_variance, pred.aleatoric_variance
+    pyrobdl.calibration.recalibrate(posterior, x_val, y_val, method="conformal")  # intervals with a guarantee
 """
 __version__ = "0.1.0"
 
@@ -28,11 +29,12 @@ from . import datasets, metrics  # noqa: E402
 
 
 def __getattr__(name):
-    # pyrobdl.plots (and matplotlib.pyplot with it) is imported on first use, not by `import pyrobdl`
-    if name == "plots":
+    # pyrobdl.plots (and matplotlib.pyplot with it) and pyrobdl.calibration (and scikit-learn)
+    # are imported on first use, not by `import pyrobdl`
+    if name in ("plots", "calibration"):
         import importlib
 
-        return importlib.import_module(".plots", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -50,4 +52,5 @@ __all__ = [
     "datasets",
     "metrics",
     "plots",
+    "calibration",
 ]

@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", metavar="DIR", help="folder with UCI datasets not shipped with pyrobdl")
     c.add_argument("--ood", metavar="SPEC",
                    help="OOD set for --dataset digits: digits-5-9 (digits 5..9 held out), rotated or noisy")
+    c.add_argument("--recalibrate", metavar="METHOD",
+                   help="fit a recalibrator on part of each training split and report before/after columns: "
+                        "temperature, vector, aps or raps (classification); variance, isotonic, conformal or cqr "
+                        "(regression)")
+    c.add_argument("--calibration-fraction", type=float, default=0.2, metavar="F",
+                   help="share of each training split held out for --recalibrate (default 0.2)")
     c.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     c.add_argument("-v", "--verbose", action="store_true", help="log details (tracebacks of failed methods)")
 
@@ -171,6 +177,8 @@ def _compare(args) -> int:
         target=args.target,
         task=args.task,
         ood=args.ood,
+        recalibrate=args.recalibrate,
+        calibration_fraction=args.calibration_fraction,
         progress=args.progress,
     )
     for line in _summary_lines(results):

@@ -45,6 +45,7 @@ _LOG_2PI = math.log(2 * math.pi)
 #: class probabilities must sum to one within this (or 16 machine epsilons of their dtype)
 PROB_SUM_ATOL = 1e-4
 _INV_SQRT_2PI = 1.0 / math.sqrt(2 * math.pi)
+_SQRT_HALF = math.sqrt(0.5)
 
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -252,7 +253,8 @@ class RegressionPrediction(Prediction):
 
     def _cdf(self, y: torch.Tensor) -> torch.Tensor:
         z = (y - self.loc_samples) / self.scale_samples
-        return torch.special.ndtr(z).mean(0)
+        # erfc keeps relative accuracy in the far lower tail (torch.special.ndtr underflows below z ~ -8 in float32)
+        return (0.5 * torch.erfc(-_SQRT_HALF * z)).mean(0)
 
     def quantile(self, q) -> torch.Tensor:
         """Elementwise quantile of the mixture, found by bisection on :meth:`cdf`.

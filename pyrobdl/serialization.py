@@ -117,6 +117,9 @@ def save(posterior, path) -> None:
         pyrobdl.serialization.save(posterior, "post.pt")
         posterior = pyrobdl.load("post.pt")
     """
+    recalibrator = getattr(posterior, "recalibrator", None)  # a pyrobdl.calibration.RecalibratedPosterior
+    if recalibrator is not None:
+        posterior = posterior.posterior
     model = posterior.model
     state = {
         "format": FORMAT,
@@ -128,6 +131,13 @@ def save(posterior, path) -> None:
         "net_state": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
         "posterior": posterior.get_state(),
     }
+    if recalibrator is not None:
+        state["recalibration"] = {
+            "method": recalibrator.name,
+            "level": recalibrator.level,
+            "num_calibration": recalibrator.num_calibration,
+            "state": recalibrator.get_state(),
+        }
     torch.save(state, path)
 
 
@@ -238,12 +248,36 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
     except ValueError as e:
         raise ValueError(f"{path!r} holds a posterior of method {state['method']!r}: {e}") from None
     try:
-        return cls.from_state(model, state["posterior"])
+        posterior = cls.from_state(model, state["posterior"])
     except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as e:
         raise ValueError(
             f"{path!r} holds a corrupt {state['method']} posterior state ({type(e).__name__}: "
             f"{' '.join(str(e).split())[:200]}); save the posterior again with posterior.save(path)"
         ) from None
+    if "recalibration" in state:
+        posterior = _recalibrated(posterior, state["recalibration"], path)
+    return posterior
+
+
+def _recalibrated(posterior, rec, path):
+    """The loaded posterior wrapped in the saved recalibrator (see :mod:`pyrobdl.calibration`)."""
+    from .calibration import RecalibratedPosterior, get_recalibrator
+
+    if not isinstance(rec, dict) or not isinstance(rec.get("method"), str) or not isinstance(rec.get("state"), dict):
+        raise ValueError(f"{path!r} has a corrupt recalibration entry; save the recalibrated posterior again")
+    _check_finite(rec["state"], "recalibration", path)
+    try:
+        cls = get_recalibrator(rec["method"])
+        recal = cls(level=rec["level"])
+        recal.set_state(rec["state"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise ValueError(
+            f"{path!r} holds a corrupt {rec.get('method')!r} recalibration ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]}); save the recalibrated posterior again"
+        ) from None
+    num = rec.get("num_calibration")
+    recal.num_calibration = int(num) if isinstance(num, int) and not isinstance(num, bool) else None
+    return RecalibratedPosterior(posterior, recal)
 
 
 def _check_map_location(map_location) -> None:

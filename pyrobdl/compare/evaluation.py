@@ -60,6 +60,18 @@ METRICS: Dict[str, Dict[str, Any]] = {
     "ref_kl": {"direction": "lower", "label": "KL from reference", "task": "regression"},
     "ref_tv": {"direction": "lower", "label": "TV to reference", "task": "classification"},
     "ref_agreement": {"direction": "higher", "label": "agreement with reference", "task": "classification"},
+    # after recalibration (``compare(recalibrate=...)``; pyrobdl.compare.recalibration)
+    "ll_recal": {"direction": "higher", "label": "test LL, recalibrated", "task": "regression"},
+    "coverage_90_recal": {"direction": "target", "target": 0.9, "label": "90% coverage, recalibrated",
+                          "task": "regression"},
+    "mean_width_90_recal": {"direction": None, "label": "90% width, recalibrated", "task": "regression"},
+    "miscalibration_area_recal": {"direction": "lower", "label": "miscal. area, recalibrated", "task": "regression"},
+    "accuracy_recal": {"direction": "higher", "label": "accuracy, recalibrated", "task": "classification"},
+    "nll_recal": {"direction": "lower", "label": "NLL, recalibrated", "task": "classification"},
+    "brier_recal": {"direction": "lower", "label": "Brier, recalibrated", "task": "classification"},
+    "ece_recal": {"direction": "lower", "label": "ECE, recalibrated", "task": "classification"},
+    "set_coverage_90": {"direction": "target", "target": 0.9, "label": "90% set coverage", "task": "classification"},
+    "set_size_90": {"direction": "lower", "label": "90% set size", "task": "classification"},
     # both
     "fit_seconds": {"direction": "lower", "label": "fit s", "task": "both"},
     "predict_seconds": {"direction": "lower", "label": "predict s", "task": "both"},

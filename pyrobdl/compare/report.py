@@ -46,12 +46,18 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 #: Metric groups, one table each, in this order.
+_RECAL_GROUP = "Recalibration: before and after"
 _GROUPS: List[Tuple[str, Tuple[str, ...]]] = [
     ("Accuracy and likelihood", ("rmse", "ll", "accuracy", "nll", "crps", "brier", "rmse_in_range", "ll_in_range")),
     ("Calibration", ("coverage_90", "mean_width_90", "miscalibration_area", "sharpness", "ece", "mce", "aurc")),
     ("Out-of-distribution detection", (
         "ood_auroc_std", "ood_auroc_epistemic", "ood_auroc_entropy", "ood_aupr_entropy", "fpr95_entropy",
         "ood_auroc_mi", "ood_aupr_mi", "fpr95_mi", "ood_accuracy",
+    )),
+    (_RECAL_GROUP, (
+        "ll", "ll_recal", "coverage_90", "coverage_90_recal", "mean_width_90", "mean_width_90_recal",
+        "miscalibration_area", "miscalibration_area_recal",
+        "accuracy", "accuracy_recal", "nll", "nll_recal", "ece", "ece_recal", "set_coverage_90", "set_size_90",
     )),
     ("Distance to the reference posterior", ("ref_w2", "ref_kl", "ref_tv", "ref_agreement")),
     ("Time", ("fit_seconds", "predict_seconds")),
@@ -178,8 +184,15 @@ def metric_tables(results: Mapping[str, Any]) -> List[Dict[str, Any]]:
         m: e.get("summary", {}) for m, e in results.get("methods", {}).items() if e.get("summary")
     }
     tables = []
+    recal = (results.get("settings") or {}).get("recalibration") or {}
     for title, names in _GROUPS:
         cols = [n for n in names if n in meta and any(n in s for s in summaries.values())]
+        if title == _RECAL_GROUP:
+            if not any(c.endswith("_recal") or c.startswith("set_") for c in cols):
+                continue  # no --recalibrate: the group would only repeat other tables
+            if recal:
+                title = (f"{title} ({recal.get('method')}, fitted on {recal.get('calibration_fraction', 0):.0%} "
+                         "of each training split held out; both columns from the same fit)")
         if not cols:
             continue
         best = {c: set(best_methods(summaries, c, meta[c])) for c in cols}

@@ -39,6 +39,7 @@ from ..inference.registry import available_methods, get_method, methods as regis
 from ..network import BayesianNetwork
 from . import profiles
 from .evaluation import METRICS, evaluate, reference_distances, subset, summarise, to_jsonable, write_json
+from .recalibration import calibration_split, check_recalibration, recalibrated_metrics
 from .report import save_figure_of, write_report
 
 __all__ = [
@@ -536,6 +537,7 @@ def _run_one(
     device: torch.device,
     out_dir: Path,
     make_plots: bool,
+    recalibration: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
     import pyro
 
@@ -545,6 +547,8 @@ def _run_one(
         if key not in opts and (accepted is None or key in accepted):
             opts[key] = value
     ds = ds.to(device)
+    if recalibration is not None:  # train on the rest; the held-out rows fit the recalibrator
+        ds, x_cal, y_cal = calibration_split(ds, recalibration["calibration_fraction"], seed)
     model = build_model(ds, hidden=hidden, method=method).to(device)
     n_test = ds.n_test
     x_all = ds.x_test if ds.x_ood is None else torch.cat([ds.x_test, ds.x_ood], 0)
@@ -566,6 +570,10 @@ def _run_one(
     values["fit_seconds"] = fit_seconds
     values["predict_seconds"] = predict_seconds
     record: Dict[str, Any] = {"status": "ok", "metrics": values}
+    if recalibration is not None:
+        pred_cal = posterior.predict(x_cal, num_samples=num_samples)
+        after, record["recalibration"] = recalibrated_metrics(recalibration["method"], pred_cal, y_cal, pred, ds_cpu)
+        values.update(after)
     if uses_variance_head(ds_cpu, method):
         # this method's model differs from settings.model (a variance head): say which
         record["model"] = {
@@ -597,6 +605,8 @@ def compare(
     target: Optional[str] = None,
     task: Optional[str] = None,
     ood: Optional[str] = None,
+    recalibrate: Optional[str] = None,
+    calibration_fraction: float = 0.2,
     progress: bool = True,
 ) -> Dict[str, Any]:
     """Fit several inference methods on one dataset and write a comparison report.
@@ -622,6 +632,12 @@ def compare(
         task: for a CSV, ``"regression"`` (default) or ``"classification"``.
         ood: for ``dataset="digits"``, the OOD set: ``"digits-5-9"`` (digits 5..9
             held out as OOD), ``"rotated"`` or ``"noisy"``.
+        recalibrate: a recalibration method of :mod:`pyrobdl.calibration` for the dataset's
+            task (e.g. ``"temperature"``, ``"variance"``, ``"conformal"``): every method then
+            trains on ``1 - calibration_fraction`` of each training split, the recalibrator is
+            fitted on the held-out rest, and each split's metrics gain ``*_recal`` columns (the
+            recalibrated prediction; see :mod:`pyrobdl.compare.recalibration`).
+        calibration_fraction: the share of each training split held out with ``recalibrate``.
         progress: a progress bar per method over the splits (on stderr).
 
     Returns:
@@ -674,6 +690,7 @@ def compare(
         hidden = profiles.QUICK_HIDDEN if quick else int(first.meta.get("n_hidden", profiles.HIDDEN))
     hidden = check_positive_int(hidden, "hidden")
     _check_width(first, hidden, dev, num_samples)
+    recalibration = check_recalibration(recalibrate, calibration_fraction, first.task, first.n_train)
     probe = build_model(first, hidden=hidden)
     skipped: Dict[str, str] = {}
     if method_list is None:
@@ -728,6 +745,7 @@ def compare(
             "seed": seed,
             "num_samples": num_samples,
             "quick": bool(quick),
+            "recalibration": recalibration,
             "hidden": hidden,
             "profile": profiles.profile_name(toy=data.is_toy, quick=quick),
             "model": {
@@ -790,7 +808,7 @@ def compare(
                             res = _run_one(
                                 m, options[m], accepted[m], data.get(split), hidden=hidden, seed=split_seed,
                                 num_samples=num_samples, device=dev, out_dir=stage,
-                                make_plots=m not in artefacts,
+                                make_plots=m not in artefacts, recalibration=recalibration,
                             )
                             rec = {"split": split, **res["record"]}
                             if m == reference:

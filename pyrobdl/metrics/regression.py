@@ -254,6 +254,8 @@ def crps(
       Worth it only when :math:`S` is large (thousands of MCMC samples), where the
       exact :math:`S^2` pair sum is expensive; the Monte Carlo error is
       :math:`O(M^{-1/2})` of the score's spread.
+    * a prediction whose CDF is recalibrated (``pyrobdl.calibration``'s isotonic): the draws
+      form on the prediction's own draws, whatever ``method`` says.
 
     Multi-output targets are scored elementwise and averaged over all elements.
 
@@ -270,6 +272,13 @@ def crps(
     else:
         pred = regression_prediction(prediction, target, "crps")
         yy = as_targets(pred, y)
+    if type(pred)._cdf is not RegressionPrediction._cdf:
+        # a recalibrated CDF (pyrobdl.calibration's isotonic): score the prediction's own draws
+        if isinstance(num_draws, bool) or not isinstance(num_draws, numbers.Integral) or num_draws < 2:
+            raise ValueError(f"num_draws must be an integer >= 2, got {num_draws!r}")
+        gen = torch.Generator(device=pred.device).manual_seed(int(seed))
+        draws = pred.sample(int(num_draws), generator=gen).reshape(int(num_draws), -1)
+        return float(_ensemble_crps(draws, yy.reshape(-1), fair=True).mean())
     loc = pred.samples["loc"]
     S = loc.shape[0]
     if method == "draws" and S > 1:
