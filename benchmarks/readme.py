@@ -606,7 +606,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode.add_argument("--compare", metavar=("OLD", "NEW"), nargs=2, help="NEW/OLD for every README number")
     mode.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts to measure (default 1 2)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed calls per measurement after one warm-up (default 5)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed calls per measurement after one warm-up (default 7)")
     ap.add_argument("--quick", action="store_true", help="tiny settings: a smoke test of the script, not a measurement")
     ap.add_argument("--readme", default=README, help="the README to render into / check (default: the repository's)")
     ap.add_argument("--all", action="store_true", help="with --compare: every number in the files, not only the README's")

@@ -24,6 +24,7 @@ TUTORIALS = [
     "06_aleatoric.py",
     "07_bayesian_last_layer.py",
     "08_gpu.py",
+    "09_calibration.py",
 ]
 
 #: smoke runs take a few seconds each; this only guards against hangs

@@ -177,6 +177,16 @@ class Recalibrator:
     def set_state(self, state: Dict[str, Any]) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # -- state shared by every recalibrator ---------------------------------------------
+    def common_state(self) -> Dict[str, float]:
+        """``level`` and ``num_calibration``, for a subclass's :meth:`get_state` to include."""
+        return {"level": float(self.level), "num_calibration": float(self.num_calibration or 0)}
+
+    def restore_common_state(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`common_state` saved (for a subclass's :meth:`set_state`)."""
+        self.level = check_level(state.get("level", self.level))
+        self.num_calibration = int(state.get("num_calibration", 0)) or None
+
     # -- template ----------------------------------------------------------------------
     def fit(self, pred: Prediction, y) -> "Recalibrator":
         """Fit on the prediction ``pred`` at the calibration inputs and their targets ``y``."""
@@ -298,10 +308,9 @@ def recalibrate(
     recal = cls(level=level, **options)
     kwargs = {} if num_samples is None else {"num_samples": num_samples}
     pred = posterior.predict(x_cal, **kwargs)
-    if len(pred.samples[next(iter(pred.samples))][0]) != len(y_cal):
-        raise ValueError(
-            f"x_cal has {len(pred.samples[next(iter(pred.samples))][0])} rows but y_cal has {len(y_cal)}; "
-            "pass one target per calibration input"
-        )
+    rows = next(iter(pred.samples.values())).shape[1]
+    n_y = len(y_cal) if hasattr(y_cal, "__len__") else None
+    if n_y is not None and n_y != rows:
+        raise ValueError(f"x_cal has {rows} rows but y_cal has {n_y}; pass one target per calibration input")
     recal.fit(pred, y_cal)
     return RecalibratedPosterior(posterior, recal)

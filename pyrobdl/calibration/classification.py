@@ -77,15 +77,6 @@ def _golden_min(f, lo: float, hi: float, *, grid: int = 33, tol: float = 1e-8) -
     return min((vals[i], us[i]), (fc, c), (fd, d))[1]
 
 
-def _common_state(rc: Recalibrator) -> Dict[str, float]:
-    return {"level": rc.level, "num_calibration": float(rc.num_calibration or 0)}
-
-
-def _restore_common(rc: Recalibrator, state: Dict[str, Any]) -> None:
-    rc.level = check_level(state.get("level", rc.level))
-    rc.num_calibration = int(state.get("num_calibration", 0)) or None
-
-
 def _ready(rc: Recalibrator, fitted, pred=None, num_classes: Optional[int] = None) -> Optional[ClassificationPrediction]:
     """Check that ``rc`` is fitted and ``pred`` is a classification prediction of ``num_classes``."""
     who = type(rc).__name__
@@ -179,11 +170,11 @@ class TemperatureScaling(Recalibrator):
 
     def get_state(self) -> Dict[str, Any]:
         _ready(self, self.temperature)
-        return {"temperature": float(self.temperature), **_common_state(self)}
+        return {"temperature": float(self.temperature), **self.common_state()}
 
     def set_state(self, state: Dict[str, Any]) -> None:
         self.temperature = check_positive_float(state["temperature"], "temperature")
-        _restore_common(self, state)
+        self.restore_common_state(state)
 
     def __repr__(self) -> str:
         return f"TemperatureScaling(temperature={self.temperature}, num_calibration={self.num_calibration})"
@@ -264,14 +255,14 @@ class VectorScaling(Recalibrator):
 
     def get_state(self) -> Dict[str, Any]:
         _ready(self, self.weight)
-        return {"weight": self.weight.clone(), "bias": self.bias.clone(), **_common_state(self)}
+        return {"weight": self.weight.clone(), "bias": self.bias.clone(), **self.common_state()}
 
     def set_state(self, state: Dict[str, Any]) -> None:
         w, b = torch.as_tensor(state["weight"], dtype=torch.float64), torch.as_tensor(state["bias"], dtype=torch.float64)
         if w.dim() != 1 or w.shape != b.shape:
             raise ValueError(f"state weight and bias must be vectors of one length, got {tuple(w.shape)} and {tuple(b.shape)}")
         self.weight, self.bias = w.cpu(), b.cpu()
-        _restore_common(self, state)
+        self.restore_common_state(state)
 
 
 # ----------------------------------------------------------------------------- conformal sets
@@ -441,7 +432,7 @@ class APS(Recalibrator):
         _ready(self, self.calibration_scores)
         return {"calibration_scores": self.calibration_scores.clone(), "lam": self.lam, "k_reg": float(self.k_reg),
                 "randomized": float(self.randomized), "seed": float(self.seed),
-                "num_classes": float(self.num_classes), **_common_state(self)}
+                "num_classes": float(self.num_classes), **self.common_state()}
 
     def set_state(self, state: Dict[str, Any]) -> None:
         scores = torch.as_tensor(state["calibration_scores"]).to("cpu", torch.float64).reshape(-1)
@@ -449,7 +440,7 @@ class APS(Recalibrator):
         self.lam, self.k_reg = float(state["lam"]), int(state["k_reg"])
         self.randomized, self.seed = bool(state["randomized"]), int(state["seed"])
         self.num_classes = int(state["num_classes"])
-        _restore_common(self, state)
+        self.restore_common_state(state)
 
 
 @register_recalibrator

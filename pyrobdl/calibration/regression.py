@@ -68,15 +68,6 @@ def _not_fitted(who: str) -> RuntimeError:
     return RuntimeError(f"{who} is not fitted; call fit(prediction, y) or use pyrobdl.calibration.recalibrate")
 
 
-def _common_state(recal: Recalibrator) -> Dict[str, Any]:
-    return {"level": float(recal.level), "num_calibration": float(recal.num_calibration or 0)}
-
-
-def _set_common_state(recal: Recalibrator, state: Dict[str, Any]) -> None:
-    recal.level = check_level(state.get("level", recal.level))
-    recal.num_calibration = int(state.get("num_calibration", 0)) or None
-
-
 def _set_conformal_state(recal: Recalibrator, state: Dict[str, Any]) -> None:
     """Restore sorted ``scores`` and the common state, checking the level is reachable."""
     s = torch.as_tensor(state["scores"]).detach().to("cpu", torch.float64).reshape(-1)
@@ -86,7 +77,7 @@ def _set_conformal_state(recal: Recalibrator, state: Dict[str, Any]) -> None:
     if conformal_rank(s.numel(), level) > s.numel():
         raise ValueError(f"{type(recal).__name__}: the state's {s.numel()} scores are too few for level={level}")
     recal.scores = s.sort().values
-    _set_common_state(recal, state)
+    recal.restore_common_state(state)
 
 
 def _mean_std(pred: RegressionPrediction) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -196,11 +187,11 @@ class VarianceScaling(Recalibrator):
     def get_state(self) -> Dict[str, Any]:
         if self.factor is None:
             raise _not_fitted("VarianceScaling")
-        return {"factor": float(self.factor), **_common_state(self)}
+        return {"factor": float(self.factor), **self.common_state()}
 
     def set_state(self, state: Dict[str, Any]) -> None:
         self.factor = check_positive_float(state["factor"], "factor")
-        _set_common_state(self, state)
+        self.restore_common_state(state)
 
     def __repr__(self) -> str:
         return f"VarianceScaling(factor={self.factor}, num_calibration={self.num_calibration})"
@@ -315,12 +306,12 @@ class IsotonicCalibration(Recalibrator):
         if self.knots_pit is None:
             raise _not_fitted("IsotonicCalibration")
         return {"knots_pit": self.knots_pit.clone(), "knots_prob": self.knots_prob.clone(),
-                "max_knots": float(self.max_knots), **_common_state(self)}
+                "max_knots": float(self.max_knots), **self.common_state()}
 
     def set_state(self, state: Dict[str, Any]) -> None:
         self.knots_pit, self.knots_prob = check_knots(state["knots_pit"], state["knots_prob"])
         self.max_knots = int(state.get("max_knots", self.max_knots))
-        _set_common_state(self, state)
+        self.restore_common_state(state)
 
     def __repr__(self) -> str:
         k = None if self.knots_pit is None else self.knots_pit.numel()
@@ -405,7 +396,7 @@ class ConformalRegression(Recalibrator):
     def get_state(self) -> Dict[str, Any]:
         if self.scores is None:
             raise _not_fitted("ConformalRegression")
-        return {"scores": self.scores.clone(), **_common_state(self)}
+        return {"scores": self.scores.clone(), **self.common_state()}
 
     def set_state(self, state: Dict[str, Any]) -> None:
         _set_conformal_state(self, state)
@@ -484,7 +475,7 @@ class ConformalizedQuantileRegression(Recalibrator):
     def get_state(self) -> Dict[str, Any]:
         if self.scores is None:
             raise _not_fitted("ConformalizedQuantileRegression")
-        return {"scores": self.scores.clone(), **_common_state(self)}
+        return {"scores": self.scores.clone(), **self.common_state()}
 
     def set_state(self, state: Dict[str, Any]) -> None:
         _set_conformal_state(self, state)
