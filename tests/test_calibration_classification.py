@@ -47,7 +47,7 @@ def nll(pred, y):
 def test_temperature_recovers_a_known_temperature(S, noise):
     n, T0 = 20000, 2.0
     probs, y = logit_data(n, 5, scale=3.0, seed=1, true_temperature=T0, S=S, sample_noise=noise)
-    ts = TemperatureScaling().fit(ClassificationPrediction(probs), y)
+    ts = TemperatureScaling(apply_to="samples").fit(ClassificationPrediction(probs), y)
     # The MLE of u = log T has standard error 1 / sqrt(n I(u)); n I is the curvature of the
     # summed NLL at u-hat (observed Fisher information), computed here independently.
     u = torch.tensor(math.log(ts.temperature), dtype=torch.float64, requires_grad=True)
@@ -80,10 +80,10 @@ def test_temperature_lowers_held_out_ece_and_keeps_the_argmax():
 def test_temperature_moves_the_entropy_split_per_sample():
     probs, _ = logit_data(200, 6, scale=2.0, seed=3, S=4, sample_noise=1.0)
     pred = ClassificationPrediction(probs)
-    ts = TemperatureScaling()
-    ts.set_state({"temperature": 3.0})
+    ts = TemperatureScaling(apply_to="samples")
+    ts.set_state({"temperature": 3.0, "apply_to_samples": 1.0})
     hot = ts.transform(pred)
-    ts.set_state({"temperature": 1.0 / 3.0})
+    ts.set_state({"temperature": 1.0 / 3.0, "apply_to_samples": 1.0})
     cold = ts.transform(pred)
     # each sample is tempered: the entropy of every p_s is increasing in T, so is their mean
     assert (cold.expected_entropy < pred.expected_entropy).all()
@@ -91,6 +91,29 @@ def test_temperature_moves_the_entropy_split_per_sample():
     torch.testing.assert_close(hot.probs_samples, torch.softmax(probs.log() / 3.0, -1))
     # flattened samples agree more: less mutual information on average
     assert hot.mutual_information.mean() < pred.mutual_information.mean()
+
+
+def test_mean_temperature_keeps_the_argmax_and_the_disagreement():
+    """apply_to="mean" (the default) tempers the predictive exactly, never changes the predicted
+    class even with S > 1, and keeps each sample's deviation from the mean where it fits."""
+    probs, y = logit_data(3000, 5, scale=2.0, seed=5, true_temperature=0.5, S=8, sample_noise=0.7)
+    pred = ClassificationPrediction(probs)
+    ts = TemperatureScaling().fit(pred, y)
+    out = ts.transform(pred)
+    want = torch.softmax(pred.probs.log() / ts.temperature, -1)
+    torch.testing.assert_close(out.probs, want)
+    assert torch.equal(out.predicted, pred.predicted) and ts.temperature < 1.0   # underconfident: sharpen
+    # deviations kept exactly (lambda = 1) wherever the tempered mean leaves room for them
+    dev_in, dev_out = probs - pred.probs, out.probs_samples - out.probs
+    room = (want.unsqueeze(0) + dev_in >= 0).all(-1).all(0)
+    assert room.any() and torch.allclose(dev_out[:, room], dev_in[:, room], atol=1e-12)
+    assert (out.mutual_information[room] > 0).all()
+    # the temperature that fits the mean is not the per-sample one, and both beat doing nothing
+    per_sample = TemperatureScaling(apply_to="samples").fit(pred, y)
+    assert abs(per_sample.temperature - ts.temperature) > 0.01
+    assert nll(out, y) < nll(pred, y) and nll(per_sample.transform(pred), y) < nll(pred, y)
+    with pytest.raises(ValueError, match="apply_to must be 'mean'"):
+        TemperatureScaling(apply_to="logits")
 
 
 def test_temperature_handles_zero_probabilities():
@@ -115,7 +138,7 @@ B0 = torch.tensor([0.3, -0.2, 0.1, -0.2], dtype=torch.float64)   # sums to 0 (th
 
 def test_vector_scaling_recovers_known_weights_and_bias():
     probs, y = vector_data(20000, 4, W0, B0)
-    vs = VectorScaling().fit(ClassificationPrediction(probs), y)
+    vs = VectorScaling().fit(ClassificationPrediction(probs), y)  # S = 1: the mean is the sample
     assert abs(float(vs.bias.sum())) < 1e-10
     # Standard errors from the inverse observed information of the summed NLL in (w, b); its
     # pseudo-inverse drops the direction b + c (softmax ignores it), i.e. it is the covariance

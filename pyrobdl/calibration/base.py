@@ -46,6 +46,7 @@ __all__ = [
     "check_level",
     "conformal_rank",
     "min_calibration_size",
+    "minimize_1d",
 ]
 
 _RECALIBRATORS: Dict[str, type] = {}
@@ -93,6 +94,33 @@ def min_calibration_size(level: float) -> int:
     while conformal_rank(n, level) > n:
         n += 1
     return n
+
+
+def minimize_1d(f, lo: float, hi: float, *, grid: int = 33, tol: float = 1e-8) -> float:
+    """Minimiser of a 1-D function on ``[lo, hi]``: the best of ``grid`` evenly spaced points,
+    then golden-section search between its two neighbours to ``tol`` (robust to a flat or
+    multimodal objective). The recalibrators fit their scalar (a log temperature, a log
+    variance factor) with it.
+
+    Example:
+        >>> round(minimize_1d(lambda u: (u - 0.3) ** 2, -2.0, 2.0), 6)
+        0.3
+    """
+    us = torch.linspace(lo, hi, grid, dtype=torch.float64).tolist()
+    vals = [f(u) for u in us]
+    i = min(range(grid), key=vals.__getitem__)
+    a, b = us[max(i - 1, 0)], us[min(i + 1, grid - 1)]
+    r = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - r * (b - a), a + r * (b - a)
+    fc, fd = f(c), f(d)
+    while b - a > tol:
+        if fc <= fd:
+            b, d, fd, c = d, c, fc, d - r * (d - a)
+            fc = f(c)
+        else:
+            a, c, fc, d = c, d, fd, c + r * (b - c)
+            fd = f(d)
+    return min((vals[i], us[i]), (fc, c), (fd, d))[1]
 
 
 def register_recalibrator(cls: type) -> type:

@@ -36,7 +36,7 @@ import torch
 
 from .._util import check_positive_float, check_positive_int, warn_user
 from ..prediction import Prediction, RegressionPrediction, mixture_quantile
-from .base import Recalibrator, check_level, conformal_rank, register_recalibrator
+from .base import Recalibrator, check_level, conformal_rank, minimize_1d, register_recalibrator
 from .regression_predictions import (
     ConformalizedQuantileRegressionPrediction,
     ConformalRegressionPrediction,
@@ -56,6 +56,7 @@ __all__ = [
     "IsotonicCalibration",
     "ConformalRegression",
     "ConformalizedQuantileRegression",
+    "SplitConformal",
     "IsotonicRegressionPrediction",
     "ConformalRegressionPrediction",
     "ConformalizedQuantileRegressionPrediction",
@@ -106,10 +107,10 @@ class VarianceScaling(Recalibrator):
     :math:`\hat c^2 = \frac1n\sum_i (y_i-\mu_i)^2/\sigma_i^2`.
 
     :math:`\hat c` minimises the NLL in float64 over :math:`\log c` on ``bounds``: the best of
-    61 log-spaced factors (steps of 0.23 in :math:`\log c` for the default bounds), then Brent's
-    bounded method (``scipy.optimize.minimize_scalar(method="bounded")``) between its two
-    neighbours (tolerance :math:`10^{-10} + 1.5\cdot10^{-8}|\log c|`, the float64 limit of locating
-    a minimum from function values). A warning says when :math:`\hat c` ends on the bounds.
+    61 log-spaced factors (steps of 0.23 in :math:`\log c` for the default bounds), then
+    golden-section search between its two neighbours to :math:`10^{-10}` in :math:`\log c`
+    (:func:`~pyrobdl.calibration.base.minimize_1d`). A warning says when :math:`\hat c` ends
+    on the bounds.
 
     Args:
         level: default level of the returned prediction's intervals (unused by the fit).
@@ -142,8 +143,6 @@ class VarianceScaling(Recalibrator):
         self.factor: Optional[float] = None
 
     def _fit(self, pred: RegressionPrediction, y: torch.Tensor) -> None:
-        from scipy.optimize import minimize_scalar
-
         pred = check_not_recalibrated(pred, "VarianceScaling")
         check_positive_scale(pred, "VarianceScaling")
         dt = work_dtype(pred.device)
@@ -161,12 +160,7 @@ class VarianceScaling(Recalibrator):
             return float(math.log(S) - torch.logsumexp(lp, 0).mean()) + D * t
 
         lo, hi = math.log(self.bounds[0]), math.log(self.bounds[1])
-        grid = torch.linspace(lo, hi, 61, dtype=torch.float64).tolist()
-        vals = [nll(t) for t in grid]
-        j = min(range(len(grid)), key=vals.__getitem__)
-        a, b = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
-        opt = minimize_scalar(nll, bounds=(a, b), method="bounded", options={"xatol": 1e-10})
-        t = float(opt.x) if float(opt.fun) <= vals[j] else grid[j]
+        t = minimize_1d(nll, lo, hi, grid=61, tol=1e-10)
         if min(t - lo, hi - t) < 1e-6:
             warn_user(
                 f"the fitted variance factor {math.exp(t):.4g} lies on the searched bounds {self.bounds}; "
@@ -319,8 +313,44 @@ class IsotonicCalibration(Recalibrator):
 
 
 # ----------------------------------------------------------------------------- conformal
+class SplitConformal(Recalibrator):
+    """What the split-conformal recalibrators share: one score per calibration point
+    (the hook :meth:`_scores`), kept sorted (float64, CPU) in ``scores``, saved and restored
+    with the level. Subclasses set ``name`` and implement :meth:`_scores` and ``transform``."""
+
+    conformal = True
+
+    def __init__(self, *, level: float = 0.9):
+        super().__init__(level=level)
+        self.scores: Optional[torch.Tensor] = None
+
+    def _scores(self, pred: RegressionPrediction, y: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fit(self, pred: RegressionPrediction, y: torch.Tensor) -> None:
+        who = type(self).__name__
+        pred = check_not_recalibrated(pred, who)
+        check_one_target(pred, who)
+        self.scores = self._scores(pred, y).to("cpu", torch.float64).sort().values
+
+    def fitted_scores(self) -> torch.Tensor:
+        """The sorted calibration scores (a RuntimeError before :meth:`fit`)."""
+        if self.scores is None:
+            raise _not_fitted(type(self).__name__)
+        return self.scores
+
+    def get_state(self) -> Dict[str, Any]:
+        return {"scores": self.fitted_scores().clone(), **self.common_state()}
+
+    def set_state(self, state: Dict[str, Any]) -> None:
+        _set_conformal_state(self, state)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(level={self.level}, num_calibration={self.num_calibration})"
+
+
 @register_recalibrator
-class ConformalRegression(Recalibrator):
+class ConformalRegression(SplitConformal):
     r"""Split conformal regression on normalised scores (Vovk et al. 2005; Papadopoulos 2008;
     Lei et al. 2018):
 
@@ -361,15 +391,8 @@ class ConformalRegression(Recalibrator):
 
     name = "conformal"
     task = "regression"
-    conformal = True
 
-    def __init__(self, *, level: float = 0.9):
-        super().__init__(level=level)
-        self.scores: Optional[torch.Tensor] = None
-
-    def _fit(self, pred: RegressionPrediction, y: torch.Tensor) -> None:
-        pred = check_not_recalibrated(pred, "ConformalRegression")
-        check_one_target(pred, "ConformalRegression")
+    def _scores(self, pred: RegressionPrediction, y: torch.Tensor) -> torch.Tensor:
         mu, sd = _mean_std(pred)
         bad = int((sd <= 0).sum())
         if bad:
@@ -377,36 +400,22 @@ class ConformalRegression(Recalibrator):
                 f"ConformalRegression: the predictive std is 0 at {bad} calibration point(s), where the "
                 "normalised score |y - mu| / std is undefined; use a model with noise, or method='cqr'"
             )
-        self.scores = ((y.to(mu.dtype).reshape(-1) - mu).abs() / sd).to("cpu", torch.float64).sort().values
+        return (y.to(mu.dtype).reshape(-1) - mu).abs() / sd
 
     def score_quantile(self, level: Optional[float] = None) -> float:
         r""":math:`\hat q_p = s_{(k)}`, :math:`k=\lceil (n+1)p\rceil`, for any reachable level
         (default: the fitted one), as ``ConformalRegressionPrediction.score_quantile``."""
-        if self.scores is None:
-            raise _not_fitted("ConformalRegression")
-        return conformal_quantile(self.scores, self.level if level is None else check_level(level))
+        return conformal_quantile(self.fitted_scores(), self.level if level is None else check_level(level))
 
     def transform(self, pred: Prediction) -> ConformalRegressionPrediction:
         """A :class:`ConformalRegressionPrediction` of ``pred``'s samples and the scores."""
         pred = check_not_recalibrated(pred, "ConformalRegression")
-        if self.scores is None:
-            raise _not_fitted("ConformalRegression")
-        return ConformalRegressionPrediction(pred.loc_samples, pred.scale_samples, scores=self.scores, level=self.level)
-
-    def get_state(self) -> Dict[str, Any]:
-        if self.scores is None:
-            raise _not_fitted("ConformalRegression")
-        return {"scores": self.scores.clone(), **self.common_state()}
-
-    def set_state(self, state: Dict[str, Any]) -> None:
-        _set_conformal_state(self, state)
-
-    def __repr__(self) -> str:
-        return f"ConformalRegression(level={self.level}, num_calibration={self.num_calibration})"
+        scores = self.fitted_scores()
+        return ConformalRegressionPrediction(pred.loc_samples, pred.scale_samples, scores=scores, level=self.level)
 
 
 @register_recalibrator
-class ConformalizedQuantileRegression(Recalibrator):
+class ConformalizedQuantileRegression(SplitConformal):
     r"""Conformalised quantile regression (Romano, Patterson & Candès 2019) on the model's
     predictive quantiles :math:`\hat q_{lo}, \hat q_{hi}` at :math:`(1\mp p)/2`:
 
@@ -442,28 +451,19 @@ class ConformalizedQuantileRegression(Recalibrator):
 
     name = "cqr"
     task = "regression"
-    conformal = True
 
-    def __init__(self, *, level: float = 0.9):
-        super().__init__(level=level)
-        self.scores: Optional[torch.Tensor] = None
-
-    def _fit(self, pred: RegressionPrediction, y: torch.Tensor) -> None:
-        pred = check_not_recalibrated(pred, "ConformalizedQuantileRegression")
-        check_one_target(pred, "ConformalizedQuantileRegression")
+    def _scores(self, pred: RegressionPrediction, y: torch.Tensor) -> torch.Tensor:
         dt = work_dtype(pred.device)
         loc, scale = pred.loc_samples.detach().to(dt), pred.scale_samples.detach().to(dt)
         a = 0.5 * (1.0 - self.level)
         q_lo, q_hi = mixture_quantile(loc, scale, a).reshape(-1), mixture_quantile(loc, scale, 1.0 - a).reshape(-1)
         yy = y.to(dt).reshape(-1)
-        self.scores = torch.maximum(q_lo - yy, yy - q_hi).to("cpu", torch.float64).sort().values
+        return torch.maximum(q_lo - yy, yy - q_hi)
 
     @property
     def correction(self) -> float:
         r""":math:`\hat Q`, the :math:`\lceil (n+1)p\rceil`-th smallest score."""
-        if self.scores is None:
-            raise _not_fitted("ConformalizedQuantileRegression")
-        return conformal_quantile(self.scores, self.level)
+        return conformal_quantile(self.fitted_scores(), self.level)
 
     def transform(self, pred: Prediction) -> ConformalizedQuantileRegressionPrediction:
         """A :class:`ConformalizedQuantileRegressionPrediction` of ``pred``'s samples."""
@@ -471,14 +471,3 @@ class ConformalizedQuantileRegression(Recalibrator):
         return ConformalizedQuantileRegressionPrediction(
             pred.loc_samples, pred.scale_samples, correction=self.correction, level=self.level
         )
-
-    def get_state(self) -> Dict[str, Any]:
-        if self.scores is None:
-            raise _not_fitted("ConformalizedQuantileRegression")
-        return {"scores": self.scores.clone(), **self.common_state()}
-
-    def set_state(self, state: Dict[str, Any]) -> None:
-        _set_conformal_state(self, state)
-
-    def __repr__(self) -> str:
-        return f"ConformalizedQuantileRegression(level={self.level}, num_calibration={self.num_calibration})"
