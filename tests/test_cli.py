@@ -371,3 +371,36 @@ def test_a_report_interrupted_midway_leaves_none_of_its_files(tmp_path, monkeypa
     assert "stale" not in (tmp_path / "report.md").read_text()
     assert not list(tmp_path.glob(compare_mod.runner.STAGE_PREFIX + "*"))
     assert {p.name for p in tmp_path.glob("*.png")} == {p["file"] for p in results["plots"].values()}
+
+
+@pytest.mark.slow
+def test_two_real_compare_runs_into_one_folder(tmp_path):
+    """Two `pyrobdl compare` processes on one --out: the second, started while the first holds
+    the folder, exits 2 naming the first's process; the first completes untouched."""
+    import os
+    import time
+
+    out = tmp_path / "shared"
+    cmd = [sys.executable, "-m", "pyrobdl", "compare", "--quick", "--no-progress", "--methods", "mean-field",
+           "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lock = out / compare_mod.runner.LOCK_NAME
+        deadline = time.time() + 120
+        while not lock.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert lock.exists(), "the first run never took the folder's lock"
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert second.returncode == 2, second.stderr
+        assert f"another pyrobdl compare (process {first.pid}) is writing to" in second.stderr
+        assert "Traceback" not in second.stderr
+        _, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete" and list(results["methods"]) == ["mean-field"]
+    assert not (out / compare_mod.runner.LOCK_NAME).exists()
