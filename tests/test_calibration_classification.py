@@ -101,13 +101,14 @@ def test_mean_temperature_keeps_the_argmax_and_the_disagreement():
     ts = TemperatureScaling().fit(pred, y)
     out = ts.transform(pred)
     want = torch.softmax(pred.probs.log() / ts.temperature, -1)
-    torch.testing.assert_close(out.probs, want)
+    torch.testing.assert_close(out.probs, want, atol=1e-8, rtol=0)
     assert torch.equal(out.predicted, pred.predicted) and ts.temperature < 1.0   # underconfident: sharpen
-    # deviations kept exactly (lambda = 1) wherever the tempered mean leaves room for them
-    dev_in, dev_out = probs - pred.probs, out.probs_samples - out.probs
-    room = (want.unsqueeze(0) + dev_in >= 0).all(-1).all(0)
-    assert room.any() and torch.allclose(dev_out[:, room], dev_in[:, room], atol=1e-12)
-    assert (out.mutual_information[room] > 0).all()
+    # the samples are tilted by one factor per point and class: log p'_s - log p_s is the same
+    # for every sample up to each sample's normaliser, so their disagreement survives
+    d = out.probs_samples.log() - probs.log()
+    d = d - d[..., :1]
+    torch.testing.assert_close(d, d[:1].expand_as(d), atol=1e-6, rtol=0)
+    assert out.mutual_information.mean() > 0.3 * pred.mutual_information.mean()
     # the temperature that fits the mean is not the per-sample one, and both beat doing nothing
     per_sample = TemperatureScaling(apply_to="samples").fit(pred, y)
     assert abs(per_sample.temperature - ts.temperature) > 0.01

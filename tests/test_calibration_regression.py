@@ -532,3 +532,25 @@ def test_crps_scores_an_isotonic_prediction_by_its_own_distribution():
     direct = pyrobdl.metrics.crps_ensemble(draws, y[300:], fair=True)
     assert after < before
     assert abs(after - direct) < 0.05 * direct
+
+
+def test_calibration_curve_of_a_conformal_prediction_uses_its_intervals():
+    """A conformal prediction keeps the model's CDF but not its intervals: the calibration
+    curve and the miscalibration area must follow covers(); CQR gives one level only (NaN area)."""
+    g = torch.Generator().manual_seed(7)
+    y = 2.0 * torch.randn(1200, generator=g)
+
+    def narrow(n):  # 2x too narrow
+        return RegressionPrediction(torch.zeros(1, n), torch.ones(1, n))
+
+    conf = ConformalRegression(level=0.9).fit(narrow(600), y[:600]).transform(narrow(600))
+    curve = pyrobdl.metrics.calibration_curve(conf, y[600:], levels=[0.0, 0.5, 0.9, 1.0])
+    for p, obs in zip(curve.expected[1:3], curve.observed[1:3]):
+        assert obs == pytest.approx(float(conf.covers(y[600:], float(p)).double().mean()))
+    # 600 test points: the binomial sd of a coverage is ~0.012, so 0.05 is > 4 sd
+    assert abs(curve.observed[2] - 0.9) < 0.05
+    before = pyrobdl.metrics.miscalibration_area(narrow(600), y[600:])
+    after = pyrobdl.metrics.miscalibration_area(conf, y[600:])
+    assert after < before / 3
+    cqr = ConformalizedQuantileRegression(level=0.9).fit(narrow(600), y[:600]).transform(narrow(600))
+    assert math.isnan(pyrobdl.metrics.miscalibration_area(cqr, y[600:]))

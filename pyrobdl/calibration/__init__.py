@@ -6,7 +6,7 @@ posterior whose ``predict`` gives the same kind of prediction object, recalibrat
 * regression: ``"variance"`` (variance scaling), ``"isotonic"`` (CDF recalibration),
   ``"conformal"`` (split conformal on normalised scores :math:`|y-\mu|/\sigma`) and
   ``"cqr"`` (conformalised quantile regression);
-* classification: ``"temperature"`` and ``"vector"`` (scaling of each sample's logits),
+* classification: ``"temperature"`` and ``"vector"`` (scaling of the predictive's logits),
   ``"aps"`` and ``"raps"`` (conformal prediction sets, ``prediction_sets(level)``).
 
 Example::

@@ -265,7 +265,9 @@ class RecalibratedPosterior:
         self.recalibrator = recalibrator
 
     def predict(self, x, **kwargs) -> Prediction:
-        """``posterior.predict(x, **kwargs)``, recalibrated."""
+        """``posterior.predict(x, **kwargs)``, recalibrated. Each call draws fresh posterior
+        samples; to compare before and after on the same draws, recalibrate one prediction:
+        ``pred = cal.posterior.predict(x); cal.recalibrator.transform(pred)``."""
         return self.recalibrator.transform(self.posterior.predict(x, **kwargs))
 
     def to(self, device) -> "RecalibratedPosterior":

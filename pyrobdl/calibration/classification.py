@@ -1,9 +1,10 @@
-r"""Recalibration of classifiers: scaling of each sample's log-probabilities and conformal
+r"""Recalibration of classifiers: scaling of the predictive's log-probabilities and conformal
 prediction sets.
 
 * :class:`TemperatureScaling` (``"temperature"``) and :class:`VectorScaling` (``"vector"``)
-  rescale the log-probabilities of every posterior sample :math:`s` and refit by the negative
-  log-likelihood of the mixture :math:`\frac1S\sum_s p'_s` (Guo et al. 2017).
+  rescale the log-probabilities of the predictive :math:`\bar p` (the default; the samples
+  follow by :func:`with_mean`) or of every posterior sample (``apply_to="samples"``), fitted
+  by the negative log-likelihood of the new predictive (Guo et al. 2017).
 * :class:`APS` (``"aps"``) and :class:`RAPS` (``"raps"``) leave the probabilities alone and
   return a :class:`ConformalClassificationPrediction` whose ``prediction_sets(level)`` cover
   the true label with probability :math:`\ge` ``level`` for exchangeable data (Romano, Sesia
@@ -92,29 +93,48 @@ def _fit_inputs(pred: ClassificationPrediction, y: torch.Tensor, apply_to: str) 
     return _flat_fit_inputs(pred, y)
 
 
-def with_mean(pred: ClassificationPrediction, new_mean: torch.Tensor) -> ClassificationPrediction:
-    r"""A prediction whose mean is ``new_mean`` exactly and whose samples keep their deviations
-    from the old mean, :math:`p'_s = \bar p' + \lambda(p_s - \bar p)`, with the largest
-    :math:`\lambda\in[0,1]` per point that keeps every :math:`p'_s` a probability vector. The
-    samples' disagreement (the epistemic part) is kept where it fits under the new mean and
-    shrunk only where it does not.
+def with_mean(pred: ClassificationPrediction, new_mean: torch.Tensor, *, tol: float = 1e-10,
+              max_iter: int = 200) -> ClassificationPrediction:
+    r"""A prediction whose mean is ``new_mean`` and whose samples are the old ones tilted by one
+    common factor per point and class,
+
+    .. math::
+
+        p'_s \propto p_s \odot e^{\theta},\qquad \theta \text{ such that }
+        \frac1S\sum_s p'_s = \bar p' ,
+
+    the smallest change of the samples (in KL, the I-projection) that moves their mean to
+    :math:`\bar p'`. Every sample keeps its own shape relative to the others, so their
+    disagreement (the mutual information, epistemic) is kept up to the tilt, and the change of
+    the mean shows up in each sample's entropy (aleatoric). :math:`\theta` is found by the
+    fixed-point iteration :math:`\theta \leftarrow \theta + \log\bar p' - \log\overline{p'}`
+    (iterative proportional fitting, vectorised over the points) until the mean is within
+    ``tol``; with one sample it is exact at once.
 
     Example:
         >>> import torch
         >>> pred = ClassificationPrediction(torch.tensor([[[0.7, 0.3]], [[0.5, 0.5]]]))
         >>> new = with_mean(pred, torch.tensor([[0.8, 0.2]]))
-        >>> new.probs, new.probs_samples[:, 0, 0]
-        (tensor([[0.8000, 0.2000]]), tensor([0.9000, 0.7000]))
+        >>> torch.allclose(new.probs, torch.tensor([[0.8, 0.2]]))
+        True
+        >>> bool(new.probs_samples[0, 0, 0] > new.probs_samples[1, 0, 0])   # the samples still disagree
+        True
     """
     p = pred.probs_samples
-    work = _work_dtype(p)
-    ps, old, new = p.to(work), pred.probs.to(work), new_mean.to(device=p.device, dtype=work)
-    drop = old.unsqueeze(0) - ps  # how far each sample lies below the mean, per class
-    room = torch.where(drop > 0, new.unsqueeze(0) / drop.clamp_min(torch.finfo(work).tiny),
-                       torch.full_like(drop, float("inf")))
-    lam = room.amin(-1, keepdim=True).amin(0, keepdim=True).clamp(max=1.0)
-    out = (new.unsqueeze(0) + lam * (ps - old.unsqueeze(0))).clamp_min(0.0)
-    return ClassificationPrediction((out / out.sum(-1, keepdim=True)).to(p.dtype))
+    work = _float_dtype(p.device)
+    tol = max(tol, 64 * torch.finfo(work).eps)
+    logp = _log_probs(p, work)
+    target = new_mean.to(device=p.device, dtype=work).clamp_min(torch.finfo(work).tiny)
+    log_target = target.log()
+    theta = log_target - _log_probs(pred.probs, work)
+    q = torch.softmax(logp + theta, -1)
+    for _ in range(max_iter if p.shape[0] > 1 else 0):
+        mean = q.mean(0)
+        if float((mean - target).abs().max()) <= tol:
+            break
+        theta = theta + log_target - mean.clamp_min(torch.finfo(work).tiny).log()
+        q = torch.softmax(logp + theta, -1)
+    return ClassificationPrediction(q.to(p.dtype))
 
 
 @register_recalibrator
@@ -131,10 +151,10 @@ class TemperatureScaling(Recalibrator):
     with :math:`\hat T` minimising the calibration NLL of the new predictive.
 
     ``apply_to="mean"`` tempers the predictive :math:`\bar p = \frac1S\sum_s p_s` itself, so the
-    predicted class (and the accuracy) never changes; the samples are moved with it
-    (:func:`with_mean`: each keeps its deviation from the mean, shrunk only where it would
-    leave the probability simplex), so the mutual information (epistemic) is kept where it fits
-    and the expected entropy (aleatoric) takes up the change. Measured on digits (class defaults,
+    predicted class (and the accuracy) never changes; the samples are moved with it by one
+    common tilt per point (:func:`with_mean`), so they keep their disagreement (the mutual
+    information, epistemic) up to the tilt and the change shows up mostly in their entropy
+    (aleatoric). Measured on digits (class defaults,
     20% of the training split held out): mean-field's ECE 38.2% became 3.3% with the mean
     tempered and 4.3% with the samples tempered (test NLL 0.33 against 4.24: tempering
     mean-field's flat samples towards :math:`T\to0` turns them into votes); MC dropout 1.9% to
@@ -236,7 +256,7 @@ class VectorScaling(Recalibrator):
         \qquad
         p'_s = \mathrm{softmax}\big(w \odot \log p_s + b\big)\quad(\texttt{apply_to="samples"}),
 
-    :math:`w, b \in \mathbb R^C`, the samples moved with the mean as in
+    :math:`w, b \in \mathbb R^C`, the samples moved with the mean (:func:`with_mean`) as in
     :class:`TemperatureScaling`, fitted by the NLL of the new predictive with L-BFGS (strong-Wolfe line
     search, float64), from :math:`w=1, b=0` (the identity). The softmax ignores a constant added
     to :math:`b`, so :math:`b` is reported centred (:math:`\sum_c b_c = 0`). Unlike temperature
@@ -297,8 +317,8 @@ class VectorScaling(Recalibrator):
         self.bias = (b - b.mean()).detach().cpu()
 
     def transform(self, pred: Prediction) -> ClassificationPrediction:
-        """A :class:`~pyrobdl.prediction.ClassificationPrediction` of the rescaled samples
-        (same dtype and device as ``pred``)."""
+        """A :class:`~pyrobdl.prediction.ClassificationPrediction` with the rescaled predictive
+        (``apply_to="mean"``) or rescaled samples (same dtype and device as ``pred``)."""
         pred = _ready(self, self.weight, pred, None if self.weight is None else self.weight.shape[0])
         p = pred.probs if self.apply_to == "mean" else pred.probs_samples
         work = _work_dtype(p)

@@ -74,8 +74,16 @@ class CalibrationCurve:
 
     @property
     def miscalibration_area(self) -> float:
-        """Area between the (piecewise-linear) curve and the diagonal; see :func:`miscalibration_area`."""
-        return _area_between(self.expected, self.observed - self.expected)
+        """Area between the (piecewise-linear) curve and the diagonal; see :func:`miscalibration_area`.
+        Levels without an observed coverage (NaN: a conformal rule that cannot give them) are
+        skipped; NaN when more than half of the inner levels are missing."""
+        ok = np.isfinite(self.observed)
+        inner = (self.expected > 0) & (self.expected < 1)
+        if ok.all():
+            return _area_between(self.expected, self.observed - self.expected)
+        if inner.any() and (ok & inner).sum() * 2 < inner.sum():
+            return float("nan")
+        return _area_between(self.expected[ok], self.observed[ok] - self.expected[ok])
 
 def _point_and_target(prediction, y, fname: str) -> Tuple[np.ndarray, np.ndarray]:
     if isinstance(prediction, ClassificationPrediction):
@@ -438,7 +446,9 @@ def calibration_curve(
 
     the second form (through the predictive CDF) being exact for any continuous
     predictive, e.g. the Gaussian mixture of a :class:`RegressionPrediction`.
-    A calibrated predictive lies on the diagonal :math:`\hat p = p`.
+    A calibrated predictive lies on the diagonal :math:`\hat p = p`. A conformal prediction
+    (``pyrobdl.calibration``) is scored by its own intervals (``covers`` at each level), with
+    NaN where its rule gives no interval.
 
     Call as ``calibration_curve(pred, y)`` or ``calibration_curve(mean, std, y)``.
 
@@ -457,10 +467,37 @@ def calibration_curve(
             raise ValueError("levels must lie in [0, 1]")
         if np.any(np.diff(grid) <= 0):
             raise ValueError("levels must be strictly increasing; sort them (np.unique)")
+    if isinstance(prediction, RegressionPrediction) and _own_intervals(prediction):
+        return _covers_curve(prediction, target, y, grid)
     _, u = _regression_pit(prediction, target, y, "calibration_curve")
     # Observed coverage at p = fraction of |2F - 1| <= p: a sorted search, O((N + L) log N).
     d = np.sort(np.abs(2.0 * u - 1.0))
     observed = np.searchsorted(d, grid, side="right") / d.size
+    return CalibrationCurve(*frozen(grid, observed))
+
+
+def _own_intervals(pred: RegressionPrediction) -> bool:
+    """Whether ``pred``'s intervals are its own rule rather than its CDF's (conformal predictions
+    override ``covers`` and keep the model's CDF)."""
+    cls = type(pred)
+    return cls.covers is not RegressionPrediction.covers and cls._cdf is RegressionPrediction._cdf
+
+
+def _covers_curve(prediction, target, y, grid: np.ndarray) -> CalibrationCurve:
+    """The calibration curve of a prediction with its own interval rule: ``covers`` at each
+    level; 0 and 1 at the ends; NaN at the levels the rule cannot give (a conformal quantile
+    beyond the calibration set, or a CQR level other than the fitted one)."""
+    pred = regression_prediction(prediction, y, "calibration_curve")
+    yy = as_targets(pred, target)
+    observed = np.full(grid.shape, np.nan)
+    for i, p in enumerate(grid):
+        if p <= 0.0 or p >= 1.0:
+            observed[i] = float(p >= 1.0)
+            continue
+        try:
+            observed[i] = float(pred.covers(yy, float(p)).double().mean())
+        except ValueError:  # a level this rule cannot give
+            pass
     return CalibrationCurve(*frozen(grid, observed))
 
 
