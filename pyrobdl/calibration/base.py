@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 
+from .._util import check_positive_float, warn_user
 from ..prediction import ClassificationPrediction, Prediction, RegressionPrediction
 
 __all__ = [
@@ -121,6 +122,27 @@ def minimize_1d(f, lo: float, hi: float, *, grid: int = 33, tol: float = 1e-8) -
             a, c, fc, d = c, d, fd, c + r * (b - c)
             fd = f(d)
     return min((vals[i], us[i]), (fc, c), (fd, d))[1]
+
+
+def check_bounds(bounds, lo_name: str, hi_name: str) -> Tuple[float, float]:
+    """``bounds`` as a pair of floats ``0 < lo < hi`` (TypeError/ValueError naming them)."""
+    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
+        raise TypeError(f"bounds must be a pair ({lo_name}, {hi_name}), got {bounds!r}")
+    lo, hi = (check_positive_float(b, "bounds") for b in bounds)
+    if not lo < hi:
+        raise ValueError(f"bounds must satisfy 0 < {lo_name} < {hi_name}, got {bounds!r}")
+    return lo, hi
+
+
+def fit_positive_scalar(nll_of_log, bounds: Tuple[float, float], *, what: str, hint: str,
+                        grid: int = 33, tol: float = 1e-8) -> float:
+    """The positive scalar :math:`e^u` minimising ``nll_of_log(u)`` over ``log(bounds)``
+    (:func:`minimize_1d`); a warning naming ``what`` and saying ``hint`` when it ends on a bound."""
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    u = minimize_1d(nll_of_log, lo, hi, grid=grid, tol=tol)
+    if min(u - lo, hi - u) < 1e-6:
+        warn_user(f"the fitted {what} {math.exp(u):.4g} lies on the searched bounds {tuple(bounds)}; {hint}")
+    return math.exp(u)
 
 
 def register_recalibrator(cls: type) -> type:

@@ -25,7 +25,8 @@ import torch
 
 from .._util import check_positive_float, check_positive_int, check_seed, warn_user
 from ..prediction import ClassificationPrediction, Prediction
-from .base import Recalibrator, check_level, conformal_rank, min_calibration_size, minimize_1d, register_recalibrator
+from .base import (Recalibrator, check_bounds, check_level, conformal_rank, fit_positive_scalar, min_calibration_size,
+                   register_recalibrator)
 
 __all__ = ["TemperatureScaling", "VectorScaling", "APS", "RAPS", "ConformalClassificationPrediction", "with_mean"]
 
@@ -202,24 +203,15 @@ class TemperatureScaling(Recalibrator):
     def __init__(self, *, level: float = 0.9, bounds: Tuple[float, float] = (1e-2, 1e2), apply_to: str = "mean"):
         super().__init__(level=level)
         self.apply_to = _check_apply_to(apply_to)
-        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-            raise TypeError(f"bounds must be a pair (T_min, T_max), got {bounds!r}")
-        lo, hi = (check_positive_float(b, "bounds") for b in bounds)
-        if not lo < hi:
-            raise ValueError(f"bounds must satisfy 0 < T_min < T_max, got {bounds!r}")
-        self.bounds = (lo, hi)
+        self.bounds = check_bounds(bounds, "T_min", "T_max")
         self.temperature: Optional[float] = None
 
     def _fit(self, pred: ClassificationPrediction, y: torch.Tensor) -> None:
         logp, yy = _fit_inputs(pred, y, self.apply_to)
-        lo, hi = math.log(self.bounds[0]), math.log(self.bounds[1])
-        u = minimize_1d(lambda u: float(_mixture_nll(logp * math.exp(-u), yy)), lo, hi)
-        if min(u - lo, hi - u) < 1e-6:
-            warn_user(
-                f"the fitted temperature {math.exp(u):.4g} lies on the searched bounds {self.bounds}; "
-                "check the calibration labels, or widen bounds=(T_min, T_max)"
-            )
-        self.temperature = math.exp(u)
+        self.temperature = fit_positive_scalar(
+            lambda u: float(_mixture_nll(logp * math.exp(-u), yy)), self.bounds, what="temperature",
+            hint="check the calibration labels, or widen bounds=(T_min, T_max)",
+        )
 
     def transform(self, pred: Prediction) -> ClassificationPrediction:
         """A :class:`~pyrobdl.prediction.ClassificationPrediction` of the tempered predictive

@@ -34,9 +34,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .._util import check_positive_float, check_positive_int, warn_user
+from .._util import check_positive_float, check_positive_int
 from ..prediction import Prediction, RegressionPrediction, mixture_quantile
-from .base import Recalibrator, check_level, conformal_rank, minimize_1d, register_recalibrator
+from .base import Recalibrator, check_bounds, check_level, conformal_rank, fit_positive_scalar, register_recalibrator
 from .regression_predictions import (
     ConformalizedQuantileRegressionPrediction,
     ConformalRegressionPrediction,
@@ -134,12 +134,7 @@ class VarianceScaling(Recalibrator):
 
     def __init__(self, *, level: float = 0.9, bounds: Tuple[float, float] = (1e-3, 1e3)):
         super().__init__(level=level)
-        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-            raise TypeError(f"bounds must be a pair (c_min, c_max), got {bounds!r}")
-        lo, hi = (check_positive_float(b, "bounds") for b in bounds)
-        if not lo < hi:
-            raise ValueError(f"bounds must satisfy 0 < c_min < c_max, got {bounds!r}")
-        self.bounds = (lo, hi)
+        self.bounds = check_bounds(bounds, "c_min", "c_max")
         self.factor: Optional[float] = None
 
     def _fit(self, pred: RegressionPrediction, y: torch.Tensor) -> None:
@@ -159,14 +154,10 @@ class VarianceScaling(Recalibrator):
             lp = const - 0.5 * (z * z).sum(-1)
             return float(math.log(S) - torch.logsumexp(lp, 0).mean()) + D * t
 
-        lo, hi = math.log(self.bounds[0]), math.log(self.bounds[1])
-        t = minimize_1d(nll, lo, hi, grid=61, tol=1e-10)
-        if min(t - lo, hi - t) < 1e-6:
-            warn_user(
-                f"the fitted variance factor {math.exp(t):.4g} lies on the searched bounds {self.bounds}; "
-                "check the calibration targets (units, order), or widen bounds=(c_min, c_max)"
-            )
-        self.factor = math.exp(t)
+        self.factor = fit_positive_scalar(
+            nll, self.bounds, what="variance factor", grid=61, tol=1e-10,
+            hint="check the calibration targets (units, order), or widen bounds=(c_min, c_max)",
+        )
 
     def transform(self, pred: Prediction) -> RegressionPrediction:
         """A :class:`~pyrobdl.prediction.RegressionPrediction` with :math:`\\mu'_s, \\sigma'_s`
