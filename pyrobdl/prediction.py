@@ -140,6 +140,39 @@ class Prediction:
     def cpu(self) -> "Prediction":
         return self.to("cpu")
 
+    def take(self, index) -> "Prediction":
+        """The prediction for the points ``index`` of the data dimension: a slice, a boolean
+        mask of length ``N`` or integer positions. The result is of the same class (a
+        recalibrated prediction stays recalibrated) and shares no state that depends on the
+        points.
+
+        Example:
+            >>> import torch
+            >>> pred = RegressionPrediction(torch.arange(6.0).reshape(2, 3), torch.ones(2, 3))
+            >>> pred.take(slice(0, 2)).mean, pred.take(torch.tensor([True, False, True])).mean
+            (tensor([1.5000, 2.5000]), tensor([1.5000, 3.5000]))
+        """
+        n = next(iter(self.samples.values())).shape[1]
+        if not isinstance(index, slice):
+            if isinstance(index, (list, tuple)):
+                index = torch.as_tensor(index)
+            if not isinstance(index, torch.Tensor) or index.dim() != 1 or not (
+                index.dtype == torch.bool or not (index.is_floating_point() or index.is_complex())
+            ):
+                raise TypeError(
+                    f"index must be a slice, a boolean mask of length {n} or a 1-D tensor or list of integer "
+                    f"positions, got {type(index).__name__}"
+                )
+            if index.dtype == torch.bool and index.numel() != n:
+                raise ValueError(f"a boolean index must have one entry per point ({n}), got {index.numel()}")
+            if index.dtype != torch.bool and index.numel() and (int(index.min()) < -n or int(index.max()) >= n):
+                raise ValueError(f"positions must lie in [-{n}, {n}), got [{int(index.min())}, {int(index.max())}]")
+            index = index.to(self.device)
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.samples = {k: v[:, index] for k, v in self.samples.items()}
+        return new
+
     def _as_target(self, y, *, dtype=None) -> torch.Tensor:
         y = torch.as_tensor(y, device=self.device)
         if dtype is not None:

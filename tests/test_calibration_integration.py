@@ -148,3 +148,32 @@ def test_compare_api_takes_recalibrate(tmp_path):
                                   progress=False, recalibrate="variance", calibration_fraction=0.3)
     rec = results["methods"]["mean-field"]["splits"][0]["recalibration"]
     assert rec["method"] == "variance" and rec["state"]["factor"] > 0
+
+
+def test_take_keeps_the_class_and_agrees_with_the_whole():
+    """Prediction.take: the same class and settings for a subset of the points, every summary
+    equal to the whole prediction's at those points (conformal, isotonic, plain, classification)."""
+    from pyrobdl.calibration import ConformalRegression, IsotonicCalibration
+    from pyrobdl.prediction import ClassificationPrediction, RegressionPrediction
+
+    g = torch.Generator().manual_seed(3)
+    loc, scale = torch.randn(4, 50, generator=g, dtype=torch.float64), torch.rand(4, 50, generator=g, dtype=torch.float64) + 0.5
+    y = torch.randn(50, generator=g, dtype=torch.float64) * 2
+    base = RegressionPrediction(loc, scale)
+    mask = torch.arange(50) % 3 == 0
+    for pred in (base, ConformalRegression().fit(base, y).transform(base), IsotonicCalibration().fit(base, y).transform(base)):
+        part = pred.take(mask)
+        assert type(part) is type(pred)
+        torch.testing.assert_close(part.mean, pred.mean[mask])
+        torch.testing.assert_close(part.std, pred.std[mask])
+        for a, b in zip(part.interval(0.8), pred.interval(0.8)):
+            torch.testing.assert_close(a, b[mask])
+    probs = torch.softmax(torch.randn(3, 10, 4, generator=g), -1)
+    cls = ClassificationPrediction(probs)
+    torch.testing.assert_close(cls.take([1, 3]).probs, cls.probs[[1, 3]])
+    with pytest.raises(ValueError, match="one entry per point"):
+        base.take(torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="positions must lie in"):
+        base.take([0, 50])
+    with pytest.raises(TypeError, match="index must be a slice"):
+        base.take(torch.tensor([0.5]))

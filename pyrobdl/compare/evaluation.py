@@ -21,7 +21,7 @@ import torch
 
 from .. import datasets as _datasets
 from .. import metrics as _metrics
-from ..prediction import ClassificationPrediction, Prediction, RegressionPrediction
+from ..prediction import Prediction, RegressionPrediction
 
 __all__ = ["METRICS", "evaluate", "reference_distances", "subset", "summarise", "to_jsonable", "to_original_units", "write_json"]
 
@@ -79,7 +79,8 @@ METRICS: Dict[str, Dict[str, Any]] = {
 
 
 def subset(pred: Prediction, index: Any) -> Prediction:
-    """The prediction for the points ``index`` (a slice or a boolean mask).
+    """The prediction for the points ``index`` (a slice or a boolean mask): :meth:`~pyrobdl.prediction.Prediction.take`, so a
+    recalibrated prediction stays recalibrated.
 
     Example:
         >>> import torch
@@ -87,9 +88,7 @@ def subset(pred: Prediction, index: Any) -> Prediction:
         >>> subset(pred, slice(0, 3)).mean.shape
         torch.Size([3])
     """
-    if isinstance(pred, RegressionPrediction):
-        return RegressionPrediction(pred.loc_samples[:, index], pred.scale_samples[:, index])
-    return ClassificationPrediction(pred.probs_samples[:, index])
+    return pred.take(index)
 
 
 def to_original_units(pred: RegressionPrediction, ds: _datasets.Dataset) -> RegressionPrediction:
