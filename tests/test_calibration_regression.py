@@ -27,7 +27,7 @@ from pyrobdl.calibration import (
     recalibrate,
 )
 from pyrobdl.calibration.regression import isotonic_knots
-from pyrobdl.calibration.regression_predictions import mixture_quantile_batch, ndtr
+from pyrobdl.prediction import mixture_quantile_batch, ndtr
 from pyrobdl.metrics import interval_coverage, mean_interval_width, miscalibration_area, nll, rmse, sharpness
 from pyrobdl.prediction import ClassificationPrediction, RegressionPrediction, mixture_quantile
 

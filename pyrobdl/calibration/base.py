@@ -48,6 +48,7 @@ __all__ = [
     "conformal_rank",
     "min_calibration_size",
     "minimize_1d",
+    "work_dtype",
 ]
 
 _RECALIBRATORS: Dict[str, type] = {}
@@ -122,6 +123,11 @@ def minimize_1d(f, lo: float, hi: float, *, grid: int = 33, tol: float = 1e-8) -
             a, c, fc, d = c, d, fd, c + r * (b - c)
             fd = f(d)
     return min((vals[i], us[i]), (fc, c), (fd, d))[1]
+
+
+def work_dtype(device: torch.device) -> torch.dtype:
+    """float64 where the device has it (MPS has not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def check_bounds(bounds, lo_name: str, hi_name: str) -> Tuple[float, float]:

@@ -26,7 +26,7 @@ import torch
 from .._util import check_positive_float, check_positive_int, check_seed, warn_user
 from ..prediction import ClassificationPrediction, Prediction
 from .base import (Recalibrator, check_bounds, check_level, conformal_rank, fit_positive_scalar, min_calibration_size,
-                   register_recalibrator)
+                   register_recalibrator, work_dtype)
 
 __all__ = ["TemperatureScaling", "VectorScaling", "APS", "RAPS", "ConformalClassificationPrediction", "with_mean"]
 
@@ -35,11 +35,6 @@ RAPS_LAMBDA_GRID = (0.001, 0.01, 0.1, 0.2, 0.5)
 
 
 # ----------------------------------------------------------------------------- helpers
-def _float_dtype(device: torch.device) -> torch.dtype:
-    """float64 where the device has it (MPS has not)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def _log_probs(probs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``log p`` in ``dtype``, with p clamped at the tiny of its own dtype (log 0 = -inf would give NaN)."""
     return probs.to(dtype).clamp_min(torch.finfo(probs.dtype).tiny).log()
@@ -48,7 +43,7 @@ def _log_probs(probs: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _flat_fit_inputs(pred: ClassificationPrediction, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """float64 ``log p`` of shape (S, M, C) and labels (1, M, 1), event dims folded into M."""
     p = pred.probs_samples.detach()
-    logp = _log_probs(p, _float_dtype(p.device))
+    logp = _log_probs(p, work_dtype(p.device))
     logp = logp.reshape(p.shape[0], -1, p.shape[-1])
     return logp, y.reshape(1, -1, 1).to(p.device)
 
@@ -122,7 +117,7 @@ def with_mean(pred: ClassificationPrediction, new_mean: torch.Tensor, *, tol: fl
         True
     """
     p = pred.probs_samples
-    work = _float_dtype(p.device)
+    work = work_dtype(p.device)
     tol = max(tol, 64 * torch.finfo(work).eps)
     logp = _log_probs(p, work)
     target = new_mean.to(device=p.device, dtype=work).clamp_min(torch.finfo(work).tiny)
@@ -411,7 +406,7 @@ class ConformalClassificationPrediction(ClassificationPrediction):
         level = self.level if level is None else check_level(level)
         qhat = _quantile(self.calibration_scores, level, "the calibration set")
         p = self.probs.detach()
-        p = p.to(_float_dtype(p.device))
+        p = p.to(work_dtype(p.device))
         u = _uniforms(p.shape[:-1], self.seed + 1, p.device, p.dtype) if self.randomized else None
         return _sets(_class_scores(p, self.lam, self.k_reg, u), qhat)
 
@@ -473,7 +468,7 @@ class APS(Recalibrator):
 
     def _mean_probs(self, pred: ClassificationPrediction) -> torch.Tensor:
         p = pred.probs.detach()
-        return p.to(_float_dtype(p.device)).reshape(-1, p.shape[-1])
+        return p.to(work_dtype(p.device)).reshape(-1, p.shape[-1])
 
     def _label_scores(self, p: torch.Tensor, y: torch.Tensor, lam: float, k_reg: int, seed: int) -> torch.Tensor:
         u = _uniforms(p.shape[:-1], seed, p.device, p.dtype) if self.randomized else None

@@ -35,8 +35,9 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from .._util import check_positive_float, check_positive_int
-from ..prediction import Prediction, RegressionPrediction, mixture_quantile
-from .base import Recalibrator, check_bounds, check_level, conformal_rank, fit_positive_scalar, register_recalibrator
+from ..prediction import Prediction, RegressionPrediction, mixture_quantile, ndtr
+from .base import (Recalibrator, check_bounds, check_level, conformal_rank, fit_positive_scalar, register_recalibrator,
+                   work_dtype)
 from .regression_predictions import (
     ConformalizedQuantileRegressionPrediction,
     ConformalRegressionPrediction,
@@ -47,8 +48,6 @@ from .regression_predictions import (
     check_positive_scale,
     conformal_quantile,
     interp,
-    ndtr,
-    work_dtype,
 )
 
 __all__ = [

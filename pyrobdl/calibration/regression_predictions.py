@@ -21,8 +21,8 @@ from typing import ClassVar, Optional, Tuple
 import torch
 
 from .._util import check_positive_int
-from ..prediction import RegressionPrediction, mixture_quantile
-from .base import check_level, conformal_rank, min_calibration_size
+from ..prediction import RegressionPrediction, mixture_quantile, mixture_quantile_batch, ndtr
+from .base import check_level, conformal_rank, min_calibration_size, work_dtype
 
 __all__ = [
     "IsotonicRegressionPrediction",
@@ -31,29 +31,11 @@ __all__ = [
 ]
 
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_SQRT1_2 = math.sqrt(0.5)
 #: elements of the (batch, S, points) work tensors per chunk (16 MiB of float64)
 _CHUNK = 1 << 21
 
 
 # ----------------------------------------------------------------------------- helpers
-def ndtr(z: torch.Tensor) -> torch.Tensor:
-    r"""Standard normal CDF :math:`\Phi(z) = \tfrac12\operatorname{erfc}(-z/\sqrt2)`, accurate to
-    a few ulps relative in the lower tail too (``torch.special.ndtr`` of torch 2.x loses relative
-    accuracy below :math:`z\approx-5` and returns 0 below :math:`z\approx-8.3`); also faster.
-
-    Example:
-        >>> f"{float(ndtr(torch.tensor(-10.0, dtype=torch.float64))):.6e}"
-        '7.619853e-24'
-    """
-    return 0.5 * torch.erfc(-_SQRT1_2 * z)
-
-
-def work_dtype(device: torch.device) -> torch.dtype:
-    """float64 where the device has it (MPS has not)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def check_one_target(pred: RegressionPrediction, who: str) -> None:
     """ValueError unless ``pred`` predicts one number per point (event shape ``()`` or ``(1,)``)."""
     event = tuple(pred.loc_samples.shape[2:])
@@ -100,68 +82,6 @@ def slope(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     x = x.clamp(float(xp[0]), float(xp[-1]))
     i = (torch.searchsorted(xp, x.contiguous(), right=True) - 1).clamp(0, xp.numel() - 2)
     return (fp[i + 1] - fp[i]) / (xp[i + 1] - xp[i])
-
-
-def _quantile_chunk(loc: torch.Tensor, scale: torch.Tensor, p: torch.Tensor, max_iter: int) -> torch.Tensor:
-    """Safeguarded Newton for a batch of probabilities ``p`` (D, M) against the components
-    ``loc``/``scale`` (S, M); see :func:`mixture_quantile_batch`."""
-    zq = torch.special.ndtri(p)
-    loc, scale = loc.unsqueeze(0), scale.unsqueeze(0)
-    if loc.shape[1] == 1:
-        return loc[:, 0] + scale[:, 0] * zq
-    comp = loc + scale * zq.unsqueeze(1)
-    lo, hi = comp.min(1).values, comp.max(1).values
-    mean = loc.mean(1)
-    std = torch.sqrt((scale * scale).mean(1) + loc.var(1, unbiased=False))
-    x = torch.minimum(torch.maximum(mean + std * zq, lo), hi)
-    upper = p > 0.5
-    flip = torch.where(upper, -1.0, 1.0).to(p.dtype).unsqueeze(1)
-    tail = torch.where(upper, 1.0 - p, p)  # exact for p >= 0.5 (Sterbenz)
-    tol = 1e-13 * tail
-    done = torch.zeros_like(x, dtype=torch.bool)
-    for _ in range(max_iter):
-        z = (x.unsqueeze(1) - loc) / scale
-        t = ndtr(flip * z).mean(1)  # F(x), or 1 - F(x) in the upper half
-        diff = torch.where(upper, tail - t, t - tail)  # sign of F(x) - p either way
-        dens = (torch.exp(-0.5 * z * z) * _INV_SQRT_2PI / scale).mean(1)
-        lo = torch.where(diff < 0, x, lo)
-        hi = torch.where(diff > 0, x, hi)
-        step = x - diff / dens
-        small = (step - x).abs() <= 1e-13 * (1.0 + x.abs())
-        done = done | (diff.abs() <= tol) | (hi - lo <= 1e-13 * (1.0 + x.abs())) | (small & (diff.abs() <= 1e-6 * tail))
-        if bool(done.all()):
-            break
-        ok = torch.isfinite(step) & (step > lo) & (step < hi)
-        x = torch.where(done, x, torch.where(ok, step, 0.5 * (lo + hi)))
-    return x
-
-
-def mixture_quantile_batch(loc: torch.Tensor, scale: torch.Tensor, p: torch.Tensor, *, max_iter: int = 100) -> torch.Tensor:
-    r"""Quantiles :math:`F_m^{-1}(p_{d,m})` of the equal-weight Gaussian mixtures of the columns
-    of ``loc``/``scale`` (S, M) at the probabilities ``p`` (D, M), one per element, by Newton's
-    method safeguarded with bisection (as :func:`~pyrobdl.prediction.mixture_quantile`), batched
-    and chunked. Accurate in the far tails too: above :math:`p=\frac12` it solves
-    :math:`1-F(x) = 1-p` with the upper-tail CDF, and it stops on a *relative* probability error
-    of :math:`10^{-13}` (or a bracket or Newton step below :math:`10^{-13}(1+|x|)`), so e.g.
-    :math:`p = 10^{-15}` is solved to full precision, not to an absolute :math:`10^{-14}`.
-
-    Example:
-        >>> loc, scale = torch.tensor([[-1.0], [1.0]]), torch.ones(2, 1)
-        >>> mixture_quantile_batch(loc, scale, torch.tensor([[0.5], [0.975]]))
-        tensor([[0.0000],
-                [2.6461]])
-    """
-    S, M = loc.shape
-    D = p.shape[0]
-    out = torch.empty((D, M), dtype=loc.dtype, device=loc.device)
-    m_step = M if S * M <= _CHUNK else max(1, _CHUNK // S)
-    d_step = max(1, _CHUNK // (S * m_step))
-    for m0 in range(0, M, m_step):
-        cols = slice(m0, m0 + m_step)
-        for d0 in range(0, D, d_step):
-            rows = slice(d0, d0 + d_step)
-            out[rows, cols] = _quantile_chunk(loc[:, cols], scale[:, cols], p[rows, cols], max_iter)
-    return out
 
 
 def recalibrated_moments(

@@ -26,6 +26,7 @@ from .. import datasets as _datasets
 from .. import metrics as _metrics
 from ..calibration import available_recalibrators, get_recalibrator, min_calibration_size
 from ..prediction import Prediction, RegressionPrediction
+from .evaluation import to_original_units
 
 __all__ = ["LEVEL", "RECAL_METRICS", "check_recalibration", "calibration_split", "recalibrated_metrics"]
 
@@ -88,12 +89,6 @@ def calibration_split(ds: _datasets.Dataset, fraction: float, seed: int) -> Tupl
     return fit_ds, ds.x_train[cal], ds.y_train[cal]
 
 
-def _original(pred: Prediction, ds: _datasets.Dataset) -> Prediction:
-    if isinstance(pred, RegressionPrediction):
-        return RegressionPrediction(ds.unnormalize_mean(pred.loc_samples), ds.unnormalize_std(pred.scale_samples))
-    return pred
-
-
 def recalibrated_metrics(
     method: str, pred_cal: Prediction, y_cal: torch.Tensor, pred_test: Prediction, ds: _datasets.Dataset
 ) -> Tuple[Dict[str, float], Dict[str, Any]]:
@@ -106,8 +101,8 @@ def recalibrated_metrics(
     m = _metrics
     out: Dict[str, float] = {}
     if isinstance(pred_test, RegressionPrediction):
-        recal.fit(_original(pred_cal, ds), ds.unnormalize_mean(y_cal))
-        after = recal.transform(_original(pred_test, ds))
+        recal.fit(to_original_units(pred_cal, ds), ds.unnormalize_mean(y_cal))
+        after = recal.transform(to_original_units(pred_test, ds))
         y = ds.y_test_original.cpu()
         out["ll_recal"] = -m.nll(after, y)
         out["coverage_90_recal"] = m.interval_coverage(after, y, level=LEVEL)
