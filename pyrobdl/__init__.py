@@ -23,6 +23,7 @@ from .network import BayesianNetwork  # noqa: E402
 from .prediction import ClassificationPrediction, Prediction, RegressionPrediction  # noqa: E402
 from . import inference  # noqa: E402
 from .inference.base import fit  # noqa: E402
+from .inference.pyro_bridge import from_pyro  # noqa: E402
 from .inference.registry import available_methods  # noqa: E402
 from .serialization import load  # noqa: E402
 from . import datasets, metrics  # noqa: E402
@@ -44,6 +45,7 @@ __all__ = [
     "likelihoods",
     "inference",
     "fit",
+    "from_pyro",
     "load",
     "available_methods",
     "Prediction",

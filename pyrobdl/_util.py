@@ -71,14 +71,19 @@ def check_finite(t: torch.Tensor, name: str) -> None:
         )
 
 
-def check_inputs(x, name: str = "x") -> torch.Tensor:
-    """Network inputs as a floating tensor with a leading batch dimension, finite."""
+def check_inputs(x, name: str = "x", *, keep_integer: bool = False) -> torch.Tensor:
+    """Network inputs as a tensor with a leading batch dimension, finite: floating (integer
+    and boolean inputs are cast to the default dtype), or with ``keep_integer=True`` integer
+    inputs kept as they are (token ids for ``nn.Embedding``; the network decides, see
+    :meth:`pyrobdl.BayesianNetwork.cast_inputs`)."""
     x = as_tensor(x, name)
     if x.dim() == 0:
         raise ValueError(f"{name} must have a leading batch dimension, got a scalar")
     if x.shape[0] == 0:
         raise ValueError(f"{name} is empty; pass at least one input row")
-    if not x.is_floating_point():
+    if x.is_complex():
+        raise TypeError(f"{name} must be real-valued, got a complex tensor ({x.dtype})")
+    if not x.is_floating_point() and not (keep_integer and x.dtype != torch.bool):
         x = x.to(torch.get_default_dtype())
     check_finite(x, name)
     return x

@@ -188,7 +188,8 @@ def rhat_ess(values: np.ndarray) -> Dict[str, np.ndarray]:
             kw = dict(chain_axis=0, draw_axis=1)
             out["rhat"] = np.asarray(az.rhat(a, method="rank", **kw)) if multi else None
             out["ess_bulk"] = np.asarray(az.ess(a, method="bulk", **kw))
-            out["ess_tail"] = np.asarray(az.ess(a, method="tail", **kw))
+            # the array interface needs the tail probabilities (arviz 0.x's default: 5% / 95%)
+            out["ess_tail"] = np.asarray(az.ess(a, method="tail", prob=(0.05, 0.95), **kw))
         else:
             ds = az.convert_to_dataset({"v": a})
             out["rhat"] = np.asarray(az.rhat(ds, method="rank")["v"].values) if multi else None
@@ -326,7 +327,7 @@ class FunctionSpaceDiagnostics:
 
 def _default_grid(posterior, x_grid, max_points: int) -> Optional[torch.Tensor]:
     if x_grid is not None:
-        return check_inputs(x_grid, "x_grid")
+        return check_inputs(x_grid, "x_grid", keep_integer=True)
     x, _ = _training_data(posterior)
     if x is None:
         return None
@@ -341,7 +342,13 @@ def function_values(posterior, x_grid, *, num_samples: Optional[int] = None) -> 
     regression mean (``loc``) or the class probabilities, flattened over points
     and outputs."""
     model: BayesianNetwork = posterior.model
-    x = check_inputs(x_grid, "x_grid").to(model.device, model.dtype)
+    if not isinstance(model, BayesianNetwork):
+        raise TypeError(
+            f"function-space diagnostics push the draws through a pyrobdl.BayesianNetwork; this "
+            f"{type(posterior).__name__}'s model is a plain Pyro model ({type(model).__name__}): use "
+            "arviz.summary(posterior.to_arviz(x, y)) for R-hat and ESS of its sites"
+        )
+    x = model.cast_inputs(check_inputs(x_grid, "x_grid", keep_integer=True).to(model.device))
     flat, C, S = _flatten_chains(_draws(posterior, num_samples).values)
     with pyro.validation_enabled(False):
         out, lats = model.outputs_from_samples(x, flat)
@@ -774,10 +781,42 @@ def _call_plot(name: str, data, **kwargs):
     kwargs.setdefault("show", False)
     if _arviz_major() >= 1:  # pragma: no cover - arviz-plots API
         kwargs.pop("show", None)
+        if name == "plot_forest":
+            # arviz 0.x's extra columns; arviz-plots' forest plot has no such keywords
+            dropped = [k for k in ("r_hat", "ess") if kwargs.pop(k, False)]
+            if dropped:
+                warn_user(
+                    f"plot_forest: {' and '.join(dropped)} columns are not drawn with arviz >= 1 "
+                    "(arviz-plots); use diagnostics.summary() or az.rhat / az.ess for those numbers"
+                )
+        if name == "plot_rank" and "method" not in kwargs and data["posterior"].sizes.get("chain", 1) < 2:
+            kwargs["method"] = "envelope"  # the default multiple-chain test ("mtc_c") needs two chains
         alt = {"plot_trace": "plot_trace_dist", "plot_rank": "plot_rank", "plot_forest": "plot_forest", "plot_energy": "plot_energy"}[name]
         pc = getattr(az, alt)(data, backend="matplotlib", **kwargs)
-        return getattr(pc, "viz", pc)
+        return _plot_axes(pc, name)
     return getattr(az, name)(data, **kwargs)
+
+
+def _plot_axes(pc, name: str):  # pragma: no cover - arviz-plots API
+    """The matplotlib Axes of an arviz-plots ``PlotCollection``, returned as arviz 0.x did: an
+    array laid out like the figure's subplot grid (1-D when the grid has empty cells), and for
+    ``plot_energy`` the Axes of the energy distributions (its figure also holds the E-BFMI panel)."""
+    viz = pc.viz
+    fig = viz["figure"].item()
+    axes = [a for a in fig.axes if a.get_subplotspec() is not None]
+    if name == "plot_energy":
+        try:
+            return viz["plot"].sel(column="energy").item()
+        except Exception:
+            return axes[-1]
+    nrows, ncols = axes[0].get_subplotspec().get_geometry()[:2]
+    grid = np.empty((int(nrows), int(ncols)), dtype=object)
+    for a in axes:
+        ss = a.get_subplotspec()
+        grid[ss.rowspan.start, ss.colspan.start] = a
+    if any(a is None for a in grid.flat):
+        return np.array(axes, dtype=object)
+    return grid
 
 
 def plot_trace(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=None, num_samples: Optional[int] = None, **kwargs):
@@ -812,8 +851,8 @@ def plot_rank(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=No
 
 def plot_forest(posterior, *, var_names: Optional[Sequence[str]] = None, x_grid=None, num_samples: Optional[int] = None, **kwargs):
     """Forest plot (``az.plot_forest``) of weights or, with ``x_grid``, of
-    function values; with ``r_hat=True`` / ``ess=True`` it adds those columns.
-    Returns matplotlib Axes.
+    function values; with ``r_hat=True`` / ``ess=True`` it adds those columns
+    (arviz 0.x; arviz >= 1 draws the intervals only and warns). Returns matplotlib Axes.
 
     Example (not run here: sampling takes seconds)::
 

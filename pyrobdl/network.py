@@ -35,16 +35,18 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
+from pyro.poutine.runtime import get_plates
 import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.distributions import constraints
-from torch.func import functional_call, vmap
+from torch.func import functional_call
 
 from . import likelihoods as _lik
 from . import priors as _priors
 from ._fast import chain as fast_chain
 from ._fast import engine
+from ._fast.batched import batched_call
 from ._util import as_tensor, check_inputs, check_positive_int, check_same_length, eval_mode
 from .prediction import Prediction
 
@@ -131,10 +133,29 @@ class BayesianNetwork(nn.Module):
             any; otherwise a glob pattern on parameter names (``"head.*"``,
             ``"2.weight"``), a module type (``nn.Linear``), a module instance,
             a callable ``(name, param, module) -> bool``, or a list of these
-            (a parameter is selected when any entry matches).
+            (a parameter is selected when any entry matches). **The other (deterministic)
+            parameters** are point estimates: the variational, dropout, DropConnect and
+            ensemble fits train them jointly with the posterior (maximum likelihood, i.e.
+            MAP under no prior; each ensemble member its own), while the samplers (NUTS,
+            HMC, ChEES-HMC) keep them at their current values and sample only the
+            Bayesian ones -- so for a Bayesian last layer on a feature extractor, train or
+            load the extractor first (e.g. fit ``"mean-field"`` and reuse
+            ``posterior.model.net``) before sampling.
         name: prefix for the Pyro site names (use different names when one Pyro
             model contains two networks). Sites are named after the
             parameters, e.g. ``"0.weight"``, or ``"enc.0.weight"`` with ``name="enc"``.
+        plate_name: name of the data plate the model opens around its observations (default
+            ``"data"``, prefixed by ``name``); rename it when your own Pyro model already has a
+            plate of that name.
+        obs_name: name of the observed site (default ``"obs"``, prefixed by ``name``).
+
+    **Plates and subsampling.** The weights are global latent variables, so the network is
+    called outside any data plate; it opens its own (dim -1) around the observations. To
+    subsample, pass the batch and the dataset size, ``model(x[idx], y[idx], num_data=N)``
+    (this is what :func:`pyrobdl.fit` does with ``batch_size``): the plate is
+    ``pyro.plate(plate_name, N, subsample_size=len(idx))``, which scales the likelihood by
+    :math:`N/|\text{batch}|`. Calling the network inside a plate at dim -1 raises a
+    ``ValueError`` saying so (its weights would become one set per data point).
 
     Example::
 
@@ -161,6 +182,8 @@ class BayesianNetwork(nn.Module):
         likelihood: Optional[_lik.Likelihood] = None,
         bayesian: Selector = None,
         name: str = "",
+        plate_name: str = "data",
+        obs_name: str = "obs",
     ):
         super().__init__()
         if not isinstance(net, nn.Module):
@@ -178,8 +201,12 @@ class BayesianNetwork(nn.Module):
             raise TypeError(
                 f"prior must be a pyrobdl.priors.Prior (e.g. priors.Normal(0, 1)), got {type(prior).__name__}"
             )
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a string, got {type(name).__name__}")
+        for arg, val in (("name", name), ("plate_name", plate_name), ("obs_name", obs_name)):
+            if not isinstance(val, str):
+                raise TypeError(f"{arg} must be a string, got {type(val).__name__}")
+        for arg, val in (("plate_name", plate_name), ("obs_name", obs_name)):
+            if not val:
+                raise ValueError(f"{arg} must be a non-empty string")
         self.net = net
         self.prior = prior
         self.likelihood = likelihood
@@ -188,6 +215,10 @@ class BayesianNetwork(nn.Module):
         #: :meth:`pyrobdl.inference.Inference.fit` on its copy and checked by ``predict``;
         #: ``None`` until then
         self.input_shape: Optional[Tuple[int, ...]] = None
+        #: whether integer inputs go to the network as integers (``True``: it takes token ids,
+        #: e.g. ``nn.Embedding``), are cast to floats (``False``), or not yet known (``None``);
+        #: decided by :meth:`cast_inputs`
+        self.integer_inputs: Optional[bool] = None
         self._uid = f"pyrobdl.{name or 'bnn'}.{next(_uid_counter)}"
         self._selector = bayesian
 
@@ -208,11 +239,20 @@ class BayesianNetwork(nn.Module):
         pre = f"{name}." if name else ""
         self._site_of = {p: pre + p for p in self._bayes_names}
         self._latent_site_of = {k: pre + k for k in self.likelihood.latent_supports()}
-        self.obs_name = pre + "obs"
-        self.plate_name = pre + "data"
-        clash = set(self._site_of.values()) & (set(self._latent_site_of.values()) | {self.obs_name})
+        self.obs_name = pre + obs_name
+        self.plate_name = pre + plate_name
+        self._names = {"plate_name": plate_name, "obs_name": obs_name}
+        clash = set(self._site_of.values()) & (set(self._latent_site_of.values()) | {self.obs_name, self.plate_name})
         if clash:
-            raise ValueError(f"parameter names {sorted(clash)} clash with likelihood sites; rename them")
+            raise ValueError(
+                f"parameter names {sorted(clash)} clash with the likelihood's, the observed site's or the "
+                "data plate's names; rename them (or pass obs_name=/plate_name=)"
+            )
+        if self.obs_name == self.plate_name or self.obs_name in self._latent_site_of.values() or self.plate_name in self._latent_site_of.values():
+            raise ValueError(
+                f"obs_name={obs_name!r} and plate_name={plate_name!r} must differ from each other and from the "
+                f"likelihood's sites ({', '.join(self._latent_site_of.values()) or 'none'})"
+            )
         self._prior_cache: Dict[Tuple, Dict[str, LatentSite]] = {}
 
     # ------------------------------------------------------------------ selection
@@ -380,7 +420,7 @@ class BayesianNetwork(nn.Module):
             def one(p, xi):
                 return functional_call(net, p, (xi,), strict=False)
 
-            out = vmap(one, in_dims=(0, 0 if batched_inputs else None), randomness="different")(flat, xs)
+            out = batched_call(one, (0, 0 if batched_inputs else None), (flat, xs), owner=net)
         return out.reshape(lead + out.shape[1:])
 
     def _chain(self) -> Optional[fast_chain.Chain]:
@@ -471,9 +511,7 @@ class BayesianNetwork(nn.Module):
     def check_data(self, x, y=None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Validate inputs and targets; return them as tensors on the network's
         device with targets shaped as the likelihood scores them."""
-        x = check_inputs(x, "x")
-        if x.dtype != self.dtype:
-            x = x.to(self.dtype)
+        x = self.cast_inputs(check_inputs(x, "x", keep_integer=True))
         if y is None:
             return x, None
         y_t = as_tensor(y, "y")
@@ -506,11 +544,42 @@ class BayesianNetwork(nn.Module):
             y_t = y_t.to(self.dtype)
         return x, y_t
 
+    def cast_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Checked inputs in the dtype the network takes: floating inputs in the network's
+        dtype; integer inputs kept integer when the network takes them (it starts with an
+        ``nn.Embedding``: token ids) and cast to the network's dtype otherwise (integer
+        features into an ``nn.Linear``). The choice is made once, by a two-row probe pass,
+        and remembered (:attr:`integer_inputs`)."""
+        if x.is_floating_point():
+            return x if x.dtype == self.dtype else x.to(self.dtype)
+        if self.integer_inputs is None:
+            was_training = self.net.training
+            self.net.eval()
+            try:
+                with torch.no_grad():
+                    self.net(x[:2].to(self.device))
+                self.integer_inputs = True
+            except (RuntimeError, TypeError, ValueError, IndexError):
+                self.integer_inputs = False
+            finally:
+                self.net.train(was_training)
+        return x if self.integer_inputs else x.to(self.dtype)
+
     # ------------------------------------------------------------------ the Pyro model
     def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, *, num_data: Optional[int] = None):
         """The Pyro model. Returns the network output ``f_θ(x)``."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        outer = [f for f in get_plates() if f.dim == -1]
+        if outer:
+            raise ValueError(
+                f"the BayesianNetwork was called inside the plate {outer[0].name!r} (dim -1): its weights are "
+                "global latent variables and inside a data plate they would become one set per data point. "
+                f"Call it outside the plate; to subsample, pass the batch and the dataset size, "
+                f"model(x[idx], y[idx], num_data=N): it opens its own data plate {self.plate_name!r} "
+                "(BayesianNetwork(..., plate_name=...) renames it). Plates at other dims (e.g. vectorised "
+                "particles, Predictive(parallel=True)) are fine."
+            )
         sites = self.latent_sites(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
         params = {}
         for pname, site in self._site_of.items():

@@ -94,14 +94,72 @@ def spec_to_net(spec: dict) -> nn.Module:
     return getattr(nn, t)(**args)
 
 
+def _plain_data(obj) -> bool:
+    """Whether ``obj`` is what ``torch.load(weights_only=True)`` reads back: tensors, numbers,
+    strings, ``None`` and lists/dicts of them."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(obj, (list, tuple)):
+        return all(_plain_data(v) for v in obj)
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in obj.items())
+    return False
+
+
+def prior_config(prior) -> dict:
+    """The prior's :meth:`~pyrobdl.priors.Prior.to_config`, or, for a prior that cannot be
+    stored as data (no ``to_config``, a callable argument, a ``PerSite`` keyed by module type),
+    a placeholder ``{"type": class name, "unsaved": why}``: the posterior still saves, and
+    :func:`load` then asks for ``model=``."""
+    name = type(prior).__name__
+    try:
+        cfg = prior.to_config()
+    except (NotImplementedError, ValueError, TypeError) as e:
+        return {"type": name, "unsaved": " ".join(str(e).split()) or f"{name}.to_config() failed"}
+    if not isinstance(cfg, dict) or not _plain_data(cfg):
+        return {"type": name, "unsaved": f"{name}.to_config() returned something other than plain data (numbers, "
+                "strings, lists, dicts, tensors)"}
+    return cfg
+
+
+def _prior_from_saved(cfg, path):
+    """The saved prior, or a ``ValueError`` that names its class and the two ways to load it."""
+    name = cfg.get("type") if isinstance(cfg, dict) else None
+    with_model = (f"pass the model: pyrobdl.load(path, model=BayesianNetwork(net, prior={name or 'MyPrior'}(...), "
+                  "likelihood=...))")
+    if isinstance(cfg, dict) and "unsaved" in cfg:
+        raise ValueError(
+            f"{str(path)!r} was saved with a {name} prior that cannot be rebuilt from the file ({cfg['unsaved']}); "
+            f"{with_model}, or give {name} to_config() (and from_config()) returning plain data, register it with "
+            "@pyrobdl.priors.register_prior, and save again"
+        )
+    if isinstance(name, str) and name not in _priors.available_priors():
+        raise ValueError(
+            f"{str(path)!r} was saved with the prior class {name!r}, which is not registered in this process; "
+            f"either register it before loading (decorate {name} with @pyrobdl.priors.register_prior and import "
+            f"it), or {with_model}"
+        )
+    _check_finite(cfg, "model['prior']", path)
+    try:
+        return _priors.prior_from_config(cfg)
+    except ValueError as e:
+        if "register_prior" in str(e):  # an unregistered prior nested in a PerSite
+            raise ValueError(f"{str(path)!r} holds a prior that cannot be rebuilt: {e}") from None
+        raise ValueError(f"{str(path)!r} has a corrupt prior description: {e}") from None
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{str(path)!r} has a corrupt prior description: {type(e).__name__}: {e}") from None
+
+
 def model_config(model: BayesianNetwork) -> dict:
     return {
-        "prior": model.prior.to_config(),
+        "prior": prior_config(model.prior),
         "likelihood": model.likelihood.to_config(),
         "bayesian": list(model.bayesian_parameters),
         "name": model.name,
+        **dict(getattr(model, "_names", {})),
         "net_spec": net_to_spec(model.net),
         "input_shape": None if model.input_shape is None else [int(d) for d in model.input_shape],
+        "integer_inputs": model.integer_inputs,
     }
 
 
@@ -120,6 +178,19 @@ def save(posterior, path) -> None:
     recalibrator = getattr(posterior, "recalibrator", None)  # a pyrobdl.calibration.RecalibratedPosterior
     if recalibrator is not None:
         posterior = posterior.posterior
+    # a posterior of a plain Pyro model (pyrobdl.from_pyro) describes its own file: there is no network to describe
+    file_state = getattr(posterior, "file_state", None)
+    state = file_state() if callable(file_state) else None
+    if state is not None:
+        if recalibrator is not None:
+            state["recalibration"] = {
+                "method": recalibrator.name,
+                "level": recalibrator.level,
+                "num_calibration": recalibrator.num_calibration,
+                "state": recalibrator.get_state(),
+            }
+        torch.save(state, path)
+        return
     model = posterior.model
     state = {
         "format": FORMAT,
@@ -213,6 +284,15 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
     from .inference.registry import get_posterior
 
     cfg = state["model"]
+    if cfg.get("kind") == "pyro":  # a posterior of a plain Pyro model (pyrobdl.from_pyro): the model is passed back
+        from .inference.pyro_bridge import load_pyro_state
+
+        posterior = load_pyro_state(state, model, path)
+        if map_location is not None:
+            posterior.to(map_location)
+        if "recalibration" in state:
+            posterior = _recalibrated(posterior, state["recalibration"], path)
+        return posterior
     if model is None:
         if cfg.get("net_spec") is None:
             raise ValueError(
@@ -220,13 +300,15 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
                 "pass the model: pyrobdl.load(path, model=BayesianNetwork(MyNet(), prior=..., likelihood=...))"
             )
         net = _net_from_spec(cfg["net_spec"], state["net_state"], path)
+        prior = _prior_from_saved(cfg.get("prior"), path)
         try:
             model = BayesianNetwork(
                 net,
-                prior=_priors.prior_from_config(cfg["prior"]),
+                prior=prior,
                 likelihood=_lik.get_likelihood(cfg["likelihood"]),
                 bayesian=cfg["bayesian"],
                 name=cfg["name"],
+                **{k: cfg[k] for k in ("plate_name", "obs_name") if isinstance(cfg.get(k), str)},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path!r} has a corrupt model description: {type(e).__name__}: {e}") from None
@@ -243,6 +325,8 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
         if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
             raise ValueError(f"{path!r} has a malformed input_shape {shape!r}; it must be a list of sizes")
         model.input_shape = tuple(shape)
+    if isinstance(cfg.get("integer_inputs"), bool):
+        model.integer_inputs = cfg["integer_inputs"]
     try:
         cls = get_posterior(state["method"])
     except ValueError as e:

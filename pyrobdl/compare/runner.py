@@ -559,6 +559,8 @@ def _run_one(
         _sync(device)
         fit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()
+        fixed = posterior.num_fixed_draws  # a fixed set (members, MCMC draws): never more than it has
+        num_samples = num_samples if fixed is None else min(num_samples, fixed)
         pred_all = posterior.predict(x_all, num_samples=num_samples)
         _sync(device)
         predict_seconds = time.perf_counter() - t0

@@ -6,6 +6,10 @@ from .svi import FullRank, LowRank, MeanField, SVIPosterior
 from .mcmc import HMC, NUTS, ChEESHMC, ChEESPosterior, MCMCPosterior
 from .dropout import DropConnectPosterior, DropoutPosterior, MCDropConnect, MCDropout
 from .ensemble import DeepEnsemble, EnsemblePosterior
+from .pyro_bridge import PyroMCMCPosterior, PyroPosterior, from_pyro
+from .local import flipout, local_reparameterization
+from .optim import FitProgress
+from .continual import next_task_model, posterior_as_prior
 
 __all__ = [
     "Inference",
@@ -31,4 +35,12 @@ __all__ = [
     "ChEESHMC",
     "ChEESPosterior",
     "MCMCPosterior",
+    "from_pyro",
+    "PyroPosterior",
+    "PyroMCMCPosterior",
+    "local_reparameterization",
+    "flipout",
+    "FitProgress",
+    "posterior_as_prior",
+    "next_task_model",
 ]

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Dict, Iterator, Optional, Tuple, Type
 import pyro
 import torch
 
+from .. import priors as _priors
 from .._util import check_inputs, check_positive_int, check_seed, eval_mode, warn_user
 from ..network import BayesianNetwork
 from ..prediction import ClassificationPrediction, Prediction, RegressionPrediction
@@ -40,10 +41,59 @@ __all__ = [
     "register_method",
     "available_methods",
     "DEFAULT_NUM_DRAWS",
+    "finite_draw_index",
 ]
 
 #: draws a posterior without a fixed set of draws exports to ArviZ when not told
 DEFAULT_NUM_DRAWS = 1000
+
+
+def finite_draw_index(
+    total: int, num_samples: Optional[int], *, what: str = "draws", owner: Any = None, device=None
+) -> Optional[torch.Tensor]:
+    r"""The one meaning of ``num_samples`` for a posterior with a finite set of ``total``
+    draws (MCMC draws, ensemble members): the returned prediction has ``num_samples``
+    predictive samples, as for every other posterior.
+
+    * ``None`` or ``total``: every draw once (returns ``None``);
+    * fewer: that many, evenly spaced over the set, first and last included (thinning, in
+      chain order);
+    * more: every draw repeated as evenly as possible (each :math:`\lfloor S/K\rfloor` or
+      :math:`\lceil S/K\rceil` times), so the predictive mixture is the same one (exactly
+      when ``num_samples`` is a multiple of ``total``), with a one-time warning per
+      posterior saying so.
+
+    Returns the index ``(num_samples,)`` into the draws, or ``None`` for all of them once.
+
+    Example:
+        >>> finite_draw_index(5, None) is None
+        True
+        >>> finite_draw_index(10, 4).tolist()
+        [0, 3, 6, 9]
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     finite_draw_index(3, 7).tolist()
+        [0, 0, 0, 1, 1, 2, 2]
+    """
+    if num_samples is None or num_samples == total:
+        return None
+    S = check_positive_int(num_samples, "num_samples")
+    if S < total:  # evenly spaced, first and last included
+        return torch.linspace(0, total - 1, S, device=device).round().long()
+    idx = torch.div(torch.arange(S, device=device) * total, S, rounding_mode="floor")
+    if S > total and not getattr(owner, "_warned_repeat", False):
+        if owner is not None:
+            try:
+                owner._warned_repeat = True
+            except AttributeError:
+                pass
+        warn_user(
+            f"num_samples={S} is more than the {total} {what} of this posterior: each is used "
+            f"{S // total}{'' if S % total == 0 else ' or ' + str(S // total + 1)} times (the same predictive "
+            f"mixture{'' if S % total == 0 else ', up to the uneven repeats'}); pass num_samples=None to use each once"
+        )
+    return idx
 
 
 @dataclass
@@ -154,6 +204,13 @@ class Posterior:
 
     # -- common API ------------------------------------------------------------
     @property
+    def num_fixed_draws(self) -> Optional[int]:
+        """The size of the posterior's fixed set of draws (MCMC draws, ensemble members), or
+        ``None`` when it draws afresh (variational, dropout); see :func:`finite_draw_index`
+        for what ``num_samples`` means with a fixed set."""
+        return None
+
+    @property
     def device(self) -> torch.device:
         return self.model.device
 
@@ -165,7 +222,7 @@ class Posterior:
     def prepare_inputs(self, x) -> torch.Tensor:
         """Checked inputs as a tensor of the network's dtype; the posterior moves to their
         device (everything follows the device of the inputs)."""
-        x = check_inputs(x, "x")
+        x = check_inputs(x, "x", keep_integer=True)
         fitted = getattr(self.model, "input_shape", None)
         if fitted is not None and tuple(x.shape[1:]) != tuple(fitted):
             hint = " (x.unsqueeze(-1) for one feature)" if x.dim() == 1 and tuple(fitted) == (1,) else ""
@@ -175,9 +232,7 @@ class Posterior:
             )
         if x.device != self.device:
             self.to(x.device)
-        if x.dtype != self.model.dtype:
-            x = x.to(self.model.dtype)
-        return x
+        return self.model.cast_inputs(x)
 
     def sample_outputs(
         self,
@@ -332,6 +387,9 @@ class Inference:
         if self.seed is not None:
             pyro.set_rng_seed(self.seed)
         data = Data(model, x, y)
+        for site in model.latent_sites().values():  # weights need a prior on the real line
+            if site.param is not None:
+                _priors.check_weight_prior(site.name, torch.empty(site.shape), site.prior, real_only=True)
         check_scales(model, data)
         work = model.fresh_copy().to(data.device)
         work.input_shape = data.input_shape
@@ -614,7 +672,7 @@ class Data:
         """A later DataLoader batch, checked as the first was (without a forward pass), on the
         data's device in the model's dtype; errors name the batch."""
         try:
-            xb = check_inputs(xb, "x")
+            xb = check_inputs(xb, "x", keep_integer=True)
             if tuple(xb.shape[1:]) != self.input_shape:
                 raise ValueError(
                     f"x has rows of shape {tuple(xb.shape[1:])} but the first batch had {self.input_shape}; "
@@ -626,7 +684,7 @@ class Data:
             yb = model.likelihood.check_target(yb, self._out_row.to(yb.device).expand(yb.shape[0], *self._out_row.shape[1:]))
         except (ValueError, TypeError) as e:
             raise type(e)(f"DataLoader batch {k + 1} of epoch {epoch}: {e}") from None
-        xb = xb.to(device=self.device, dtype=model.dtype)
+        xb = model.cast_inputs(xb.to(device=self.device))
         yb = yb.to(device=self.device, dtype=self._tdtype)
         if yb.shape[1:] != self._tshape:
             yb = yb.reshape((yb.shape[0],) + tuple(self._tshape))

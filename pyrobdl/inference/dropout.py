@@ -33,9 +33,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
-from torch.func import vmap
 
 from .._fast import engine
+from .._fast.batched import batched_call
 from .._fast.chain import DROPOUT_TYPES
 from .._util import check_positive_int, eval_mode
 from ..network import BayesianNetwork
@@ -161,18 +161,24 @@ def _dropout_view(net: nn.Module, plan: List[Dict[str, Any]]) -> nn.Module:
 
 
 class _Sampling:
-    """Context: the network's dropout layers draw one mask per call (per sample)."""
+    """Context: the network's dropout layers draw one mask per call (per sample). Torch's fused
+    attention fast path (``nn.TransformerEncoderLayer``, ``nn.MultiheadAttention`` in eval
+    mode) skips the layers' dropout modules, so it is switched off inside."""
 
     def __init__(self, net: nn.Module):
         self.layers = [m for m in net.modules() if isinstance(m, _MCDropoutLayer)]
+        self._fastpath = None
 
     def __enter__(self):
         for m in self.layers:
             m.sampling = True
+        self._fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
 
     def __exit__(self, *exc):
         for m in self.layers:
             m.sampling = False
+        torch.backends.mha.set_fastpath_enabled(self._fastpath)
 
 
 def _input_mask(module: nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -372,7 +378,7 @@ class DropoutPosterior(_MaskedPosterior):
         net = self.net
 
         def masked_pass(s0, s1, xr, dest):
-            return vmap(lambda _: net(xr), randomness="different")(dummy[s0:s1])
+            return batched_call(lambda _: net(xr), (0,), (dummy[s0:s1],), owner=net)
 
         with eval_mode(net), torch.inference_mode(), _Sampling(net):
             out = engine.run(masked_pass, S, x, chunk=chunk, rows=rows, replay_rng=True)
@@ -502,10 +508,11 @@ class _DropoutInference(PointInference):
         weight_decay: WeightDecay = 0.0,
         progress: bool = True,
         seed: Optional[int] = None,
+        callback=None,
     ):
         super().__init__(
             num_steps=num_steps, epochs=epochs, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, progress=progress, seed=seed,
+            weight_decay=weight_decay, progress=progress, seed=seed, callback=callback,
         )
         self.p = None if p is None else check_p(p)
         self.layers = check_layers(layers)
@@ -550,15 +557,16 @@ class _DropoutInference(PointInference):
         scores: Dict[str, float] = {}
         for cand in candidates:
             trial = model.fresh_copy()
-            post = self._train(trial, Data(trial, data.x[train_rows], data.y[train_rows]), cand)
+            post = self._train(trial, Data(trial, data.x[train_rows], data.y[train_rows]), cand, final=False)
             with torch.no_grad():
                 ll = post.predict(x_val, num_samples=AUTO_NUM_SAMPLES).log_prob(y_val).mean()
             scores[str(cand)] = float(ll) if bool(torch.isfinite(ll)) else float("-inf")
         best = max(range(len(candidates)), key=lambda i: (scores[str(candidates[i])], -i))
         return candidates[best], scores
 
-    def _train(self, model: BayesianNetwork, data: Data, weight_decay: WeightDecay) -> _MaskedPosterior:
-        """Train ``model.net`` (in place) with ``weight_decay``: the method's posterior."""
+    def _train(self, model: BayesianNetwork, data: Data, weight_decay: WeightDecay, *, final: bool = True) -> _MaskedPosterior:
+        """Train ``model.net`` (in place) with ``weight_decay``: the method's posterior (the
+        callback sees the final training only, not the ``weight_decay="auto"`` trials)."""
         method = type(self).__name__
         batches = data.batches(model, self.batch_size)
         x0, y0 = next(batches)
@@ -586,13 +594,17 @@ class _DropoutInference(PointInference):
         try:
             losses, secs = train(
                 loss_fn, itertools.chain([(x0, y0)], batches), params, num_steps=num_steps, lr=self.lr,
-                progress=self.progress, desc=self.name,
+                progress=self.progress, desc=self.name, callback=self.callback if final else None,
+                callback_every=data.steps_per_epoch(self.batch_size),
+                posterior_fn=lambda: self._posterior(model, net, {k: v.detach() * c for k, v in scaled.items()}, info),
             )
         finally:
             net.eval()
             model.net.eval()  # shares parameters and buffers (BatchNorm statistics) with net
         post = self._posterior(model, net, {k: v.detach() * c for k, v in scaled.items()}, info)
         post.fit_info = {"losses": losses, "seconds": secs, "num_steps": num_steps}
+        if len(losses) < num_steps:
+            post.fit_info["stopped_at"] = len(losses)
         return post
 
 
@@ -653,6 +665,9 @@ class MCDropout(_DropoutInference):
         weight_decay: ``"auto"`` (default: 0 or ``"prior"``, chosen on held-out rows as
             above), ``"prior"`` (the prior-matched decay) or a float λ (penalty λ·Σθ²).
         progress: show a progress bar.
+        callback: ``callback(progress)`` called after every epoch (every step with full-batch
+            data) with a :class:`~pyrobdl.inference.optim.FitProgress` (``step``, ``epoch``,
+            ``loss``, ``posterior`` so far); return ``True`` to stop (early stopping).
         seed: ``None`` or an integer in ``[0, 2**32)``: the seed rule of
             :class:`~pyrobdl.inference.base.Inference`.
 

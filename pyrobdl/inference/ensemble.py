@@ -24,13 +24,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, stack_module_state
 
 from .._fast import engine
+from .._fast.batched import batched_call
 from .._fast.chain import member_layout
 from .._util import check_positive_float, eval_mode, warn_user
 from ..network import BayesianNetwork
-from .base import Data, Posterior, reset_bayesian_parameters
+from .base import Data, Posterior, finite_draw_index, reset_bayesian_parameters
 from .optim import train
 from .point import PointInference, WeightDecay, check_likelihood, init_latents, latent_site_names, param_name
 from .point import constrainer, latent_lr_scale, saved_fit_info, training_targets, weight_penalty
@@ -107,9 +108,11 @@ class EnsemblePosterior(Posterior):
     :math:`\mu^* = \frac1M\sum_i\mu_i`,
     :math:`\sigma^{*2} = \frac1M\sum_i(\sigma_i^2+\mu_i^2) - \mu^{*2}`, with aleatoric part
     :math:`\frac1M\sum_i\sigma_i^2` and epistemic part :math:`\frac1M\sum_i(\mu_i-\mu^*)^2`;
-    for classification the mean of the members' probabilities. ``predict``'s
-    ``num_samples`` is ignored: the prediction always has one component per member, and
-    :meth:`draws` exports each member once.
+    for classification the mean of the members' probabilities. ``predict`` uses every
+    member once by default (``num_samples=None``); another ``num_samples`` means what it means
+    for every posterior with a finite set of draws
+    (:func:`~pyrobdl.inference.base.finite_draw_index`), and :meth:`draws` exports each member
+    once.
 
     Attributes:
         size: :math:`M`.
@@ -200,7 +203,7 @@ class EnsemblePosterior(Posterior):
         def one(p, b, xi):
             return functional_call(base, (p, b), (xi,))
 
-        return vmap(one, in_dims=(0, 0, 0 if per_member_inputs else None), randomness="different")(params, buffers, x)
+        return batched_call(one, (0, 0, 0 if per_member_inputs else None), (params, buffers, x), owner=base)
 
     def member(self, i: int) -> nn.Module:
         """Member ``i`` as an ordinary network (a copy of ``model.net`` with that member's
@@ -222,9 +225,22 @@ class EnsemblePosterior(Posterior):
         return [self.member(i) for i in range(self.size)]
 
     def sample_outputs(self, x, num_samples, *, chunk_size=None, max_memory=None):
-        r"""Every member's outputs ``(M, N, k)`` at ``x`` (``num_samples`` is ignored: one
-        mixture component per member) and the per-member latents; ``chunk_size`` (members
-        per batched pass) and ``max_memory`` bound memory as for the other posteriors."""
+        r"""The members' outputs ``(S, N, k)`` at ``x`` and their latents: every member once
+        (``num_samples=None``, the default), or ``num_samples`` of them as for every posterior
+        with a finite set of draws (:func:`~pyrobdl.inference.base.finite_draw_index`); each
+        member runs once, in batched passes of ``chunk_size`` members bounded by ``max_memory``."""
+        out, lats = self._member_outputs(x, chunk_size=chunk_size, max_memory=max_memory)
+        idx = finite_draw_index(self.size, num_samples, what="ensemble members", owner=self, device=out.device)
+        if idx is None:
+            return out, lats
+        return out[idx], {k: v[idx] for k, v in lats.items()}
+
+    @property
+    def num_fixed_draws(self) -> int:
+        """:math:`M`: the members are the posterior's fixed set of draws."""
+        return self.size
+
+    def _member_outputs(self, x, *, chunk_size=None, max_memory=None):
         M = self.size
 
         def members(s0: int, s1: int, stacked: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -251,10 +267,7 @@ class EnsemblePosterior(Posterior):
         another count draws that many members uniformly with replacement (the ensemble as an
         equal-weight mixture of point masses). Deterministic (non-Bayesian) parameters are not
         sites; see :meth:`member`."""
-        M = self.size
-        idx = None
-        if num_samples is not None and num_samples != M:
-            idx = torch.randint(M, (int(num_samples),), device=self.device)
+        idx = finite_draw_index(self.size, num_samples, what="ensemble members", owner=self, device=self.device)
         out = {}
         for pname in self.model.bayesian_parameters:
             v = self.params[pname].detach()
@@ -340,6 +353,9 @@ class DeepEnsemble(PointInference):
         warm_start: an :class:`EnsemblePosterior` of the same size and model to continue
             training from (instead of fresh initialisations).
         progress: show a progress bar.
+        callback: ``callback(progress)`` called after every epoch (every step with full-batch
+            data) with a :class:`~pyrobdl.inference.optim.FitProgress` (``step``, ``epoch``,
+            ``loss``, ``posterior`` so far); return ``True`` to stop (early stopping).
         seed: ``None`` or an integer in ``[0, 2**32)`` (the seed rule above).
 
     Example::
@@ -372,10 +388,11 @@ class DeepEnsemble(PointInference):
         warm_start: Optional[EnsemblePosterior] = None,
         progress: bool = True,
         seed: Optional[int] = None,
+        callback=None,
     ):
         super().__init__(
             num_steps=num_steps, epochs=epochs, batch_size=batch_size, lr=lr,
-            weight_decay=weight_decay, progress=progress, seed=seed,
+            weight_decay=weight_decay, progress=progress, seed=seed, callback=callback,
         )
         if isinstance(size, bool) or not isinstance(size, numbers.Integral):
             raise TypeError(f"size must be an integer >= 1 (the number of ensemble members), got {size!r}")
@@ -538,9 +555,18 @@ class DeepEnsemble(PointInference):
         for net in nets:
             net.train()
         try:
+            def snapshot() -> EnsemblePosterior:  # the members as trained so far (copies)
+                trained, r = flat.values(None if layout is None else layout.unpack)
+                snap = EnsemblePosterior(
+                    model, {k: trained[k] if k in trained else v.detach() for k, v in params.items()}, buffers, r,
+                    settings=self.settings(),
+                )
+                return snap
+
             losses, secs = train(
                 loss_fn, itertools.chain([(x0, y0)], batches), flat.leaves, num_steps=num_steps, lr=self.lr,
-                progress=self.progress, desc=self.name, record_shape=(M,),
+                progress=self.progress, desc=self.name, record_shape=(M,), callback=self.callback,
+                callback_every=data.steps_per_epoch(self.batch_size), posterior_fn=snapshot,
             )
         finally:
             for net in nets:
@@ -549,4 +575,6 @@ class DeepEnsemble(PointInference):
         post.params = {k: trained[k].requires_grad_(True) if k in trained else v.detach() for k, v in params.items()}
         post._raw = raw
         post.fit_info = {"losses": losses, "seconds": secs, "num_steps": num_steps}
+        if len(losses) < num_steps:
+            post.fit_info["stopped_at"] = len(losses)
         return post

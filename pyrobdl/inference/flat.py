@@ -43,6 +43,7 @@ import math
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+import pyro.distributions as pyro_dist
 import torch
 from torch.distributions import Distribution, Transform, biject_to, constraints
 
@@ -68,6 +69,29 @@ def is_real(support: constraints.Constraint) -> bool:
     return isinstance(support, type(constraints.real))
 
 
+def _independent_normal(prior: Distribution, shape: torch.Size):
+    """``(loc, scale)`` tensors of a Gaussian prior with per-weight parameters (a plain
+    ``Normal(loc, scale).to_event(...)``, e.g. :func:`pyrobdl.priors.moped`), else ``None``."""
+    base = prior
+    while isinstance(base, torch.distributions.Independent):
+        base = base.base_dist
+    if type(base) not in (torch.distributions.Normal, pyro_dist.Normal) or tuple(prior.event_shape) != tuple(shape):
+        return None
+    return base.loc.detach(), base.scale.detach()
+
+
+def _loc_scale(g):
+    """Scalars as floats, per-weight tensors as they are."""
+    return tuple(float(v) if not isinstance(v, torch.Tensor) or v.dim() == 0 else v for v in g)
+
+
+def _per_coordinate(v, s: "FlatSite") -> torch.Tensor:
+    """A loc or scale (a float or a tensor broadcastable to the site) as ``(size,)`` float64 on the CPU."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().to("cpu", torch.float64).expand(s.shape).reshape(-1)
+    return torch.full((s.size,), float(v), dtype=torch.float64)
+
+
 @dataclass(frozen=True)
 class FlatSite:
     """One latent site's place in the flat vector.
@@ -81,8 +105,9 @@ class FlatSite:
             a real support.
         prior: the prior distribution, with argument validation off (the values it
             scores are on the support by construction).
-        gaussian: ``(loc, scale)`` of an i.i.d. Gaussian prior scored in closed form
-            (real support only), else ``None``.
+        gaussian: ``(loc, scale)`` of a Gaussian prior scored in closed form (real support
+            only): floats for an i.i.d. one, tensors broadcastable to ``shape`` for one with
+            per-weight parameters (e.g. :func:`pyrobdl.priors.moped`); else ``None``.
         likelihood: whether the site is a latent of the likelihood (e.g. ``sigma``).
     """
 
@@ -93,7 +118,7 @@ class FlatSite:
     size: int
     transform: Optional[Transform]
     prior: Distribution
-    gaussian: Optional[Tuple[float, float]]
+    gaussian: Optional[Tuple]
     likelihood: bool
 
     @property
@@ -140,13 +165,14 @@ class FlatLayout:
         for name in names:
             s = latent[name]
             t = None if is_real(s.support) else biject_to(s.support)
+            gauss = s.gaussian if s.gaussian is not None else _independent_normal(s.prior, s.shape)
             ushape = torch.Size(s.shape) if t is None else torch.Size(t.inv.forward_shape(s.shape))
             n = int(math.prod(ushape))
             sites.append(
                 FlatSite(
                     name=name, shape=torch.Size(s.shape), unconstrained_shape=ushape, offset=off, size=n,
                     transform=t, prior=unvalidated(s.prior),
-                    gaussian=None if t is not None or s.gaussian is None else (float(s.gaussian[0]), float(s.gaussian[1])),
+                    gaussian=None if t is not None or gauss is None else _loc_scale(gauss),
                     likelihood=s.latent is not None,
                 )
             )
@@ -174,8 +200,8 @@ class FlatLayout:
         if bool((idx == torch.arange(start, start + len(idx))).all()):
             self.gaussian_slice = slice(start, start + len(idx))
         self.gaussian_index = idx.to(device)
-        loc = torch.cat([torch.full((s.size,), s.gaussian[0], dtype=torch.float64) for s in gauss])
-        scale = torch.cat([torch.full((s.size,), s.gaussian[1], dtype=torch.float64) for s in gauss])
+        loc = torch.cat([_per_coordinate(s.gaussian[0], s) for s in gauss])
+        scale = torch.cat([_per_coordinate(s.gaussian[1], s) for s in gauss])
         self.prior_loc = loc.to(device, dtype)
         self.prior_scale = scale.to(device, dtype)
         self._inv_scale = scale.reciprocal().to(device, dtype)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .._util import ema
 
-__all__ = ["adam", "train", "slice_learning_rates", "LIKELIHOOD_LR", "SYNC_EVERY"]
+__all__ = ["adam", "train", "slice_learning_rates", "FitProgress", "check_callback", "LIKELIHOOD_LR", "SYNC_EVERY"]
 
 #: the smallest learning rate of the likelihood's latents (e.g. a noise scale)
 LIKELIHOOD_LR = 2e-2
@@ -43,6 +43,52 @@ LIKELIHOOD_LR = 2e-2
 SYNC_EVERY = 50
 
 Params = Union[Sequence[torch.Tensor], Sequence[Dict]]
+
+
+class FitProgress:
+    """What a ``fit(..., callback=...)`` callback sees after each epoch (each step for
+    full-batch data; ``callback_every`` steps when set).
+
+    Attributes:
+        step: optimisation steps done so far.
+        num_steps: the steps the fit will run unless stopped.
+        epoch: passes over the data done so far (``step / steps_per_epoch``).
+        loss: the mean of the recorded training loss over the steps since the last call (the
+            negative ELBO of the data set for SVI; the mean negative log-likelihood per row
+            plus the penalty for the point methods; for ensembles, also the mean over members).
+        posterior: the posterior as trained so far (built on first access; it shares the
+            parameters being trained, so ``posterior.predict(x_val)`` evaluates the current
+            state -- keep a copy with :func:`copy.deepcopy` or ``save`` if you need it later).
+
+    Return ``True`` from the callback to stop training there (early stopping); the fit's
+    ``fit_info["stopped_at"]`` records the step.
+    """
+
+    __slots__ = ("step", "num_steps", "epoch", "loss", "_make", "_post")
+
+    def __init__(self, step: int, num_steps: int, epoch: float, loss: float, make_posterior):
+        self.step, self.num_steps, self.epoch, self.loss = step, num_steps, epoch, loss
+        self._make, self._post = make_posterior, None
+
+    @property
+    def posterior(self):
+        if self._post is None:
+            if self._make is None:
+                raise AttributeError("this training loop has no posterior to show")
+            self._post = self._make()
+        return self._post
+
+    def __repr__(self) -> str:
+        return f"FitProgress(step={self.step}/{self.num_steps}, epoch={self.epoch:g}, loss={self.loss:.5g})"
+
+
+def check_callback(callback) -> Optional[Callable[[FitProgress], Optional[bool]]]:
+    """``None`` or a callable ``callback(progress: FitProgress) -> bool | None``."""
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"callback must be a function callback(progress) -> bool | None (return True to stop), got {type(callback).__name__}"
+        )
+    return callback
 
 
 def slice_learning_rates(tensor: torch.Tensor, index: slice, lr: float) -> List[Tuple[torch.Tensor, slice, float]]:
@@ -90,6 +136,9 @@ def train(
     hint: str = "standardise x and y",
     sync_every: int = SYNC_EVERY,
     slice_lr: Sequence[Tuple[torch.Tensor, slice, float]] = (),
+    callback: Optional[Callable[[FitProgress], Optional[bool]]] = None,
+    callback_every: int = 1,
+    posterior_fn: Optional[Callable[[], object]] = None,
 ) -> Tuple[torch.Tensor, float]:
     r"""Minimise ``loss_fn`` with Adam for ``num_steps`` minibatches.
 
@@ -105,8 +154,13 @@ def train(
     (no weight decay), so scaling the step of those coordinates by ``lr_i / lr`` after each
     update is exactly Adam with learning rate ``lr_i`` there; the schedule applies to both.
 
+    ``callback``: called every ``callback_every`` steps (and after the last) with a
+    :class:`FitProgress` (``posterior_fn()`` builds its ``posterior``); returning ``True``
+    stops training, and the recorded values then end at that step. Each call syncs with the
+    device once (the loss is read).
+
     Returns:
-        the recorded values ``(num_steps, *record_shape)`` on the CPU, and the seconds taken.
+        the recorded values ``(steps run, *record_shape)`` on the CPU, and the seconds taken.
 
     Raises:
         FloatingPointError: the loss became NaN or inf (checked every ``sync_every`` steps,
@@ -122,6 +176,8 @@ def train(
     pending: List[torch.Tensor] = []
     bar = tqdm(range(num_steps), desc=desc, disable=not progress, leave=False)
     running: Optional[float] = None
+    since: List[torch.Tensor] = []
+    stopped = num_steps
     t0 = time.perf_counter()
     with pyro.validation_enabled(False):
         for step in bar:
@@ -148,6 +204,17 @@ def train(
                 for g, base in zip(opt.param_groups, base_lrs):
                     g["lr"] = base * factor
             pending.append(record)
+            if callback is not None:
+                since.append(record.detach().float().mean())
+                if (step + 1) % callback_every == 0 or step == num_steps - 1:
+                    mean_loss = float(torch.stack(since).float().mean())
+                    since.clear()
+                    progress_info = FitProgress(step + 1, num_steps, (step + 1) / callback_every, mean_loss, posterior_fn)
+                    if callback(progress_info) is True:
+                        losses[step + 1 - len(pending) : step + 1] = torch.stack(pending)
+                        pending.clear()
+                        stopped = step + 1
+                        break
             if step % sync_every == 0 or step == num_steps - 1:
                 losses[step + 1 - len(pending) : step + 1] = torch.stack(pending)
                 pending.clear()
@@ -158,4 +225,4 @@ def train(
                     )
                 running = ema(running, val, 0.5)
                 bar.set_postfix(loss=f"{running:.4g}")
-    return losses.cpu(), time.perf_counter() - t0
+    return losses[:stopped].cpu(), time.perf_counter() - t0

@@ -60,7 +60,7 @@ from torch.distributions import biject_to
 
 from .._fast.chain import DROPOUT_TYPES
 from .._util import check_positive_float, check_positive_int
-from .optim import LIKELIHOOD_LR
+from .optim import LIKELIHOOD_LR, check_callback
 from ..likelihoods import available_likelihoods
 from ..network import BayesianNetwork
 from .base import Data, Inference
@@ -125,8 +125,10 @@ class PointInference(Inference):
         weight_decay: WeightDecay,
         progress: bool,
         seed: Optional[int],
+        callback=None,
     ):
         super().__init__(seed=seed, progress=progress)
+        self.callback = check_callback(callback)
         if num_steps is None and epochs is None:
             num_steps, epochs = self.default_num_steps, self.default_epochs
         self.num_steps = None if num_steps is None else check_positive_int(num_steps, "num_steps")

@@ -75,7 +75,7 @@ from .._util import check_positive_float, check_positive_int
 from ..network import BayesianNetwork
 from .base import Data, Inference, Posterior
 from .flat import FlatLayout
-from .optim import slice_learning_rates, train
+from .optim import check_callback, slice_learning_rates, train
 from .registry import register_method
 
 __all__ = ["MeanField", "LowRank", "FullRank", "SVIPosterior", "GaussianGuide", "init_to_network"]
@@ -431,7 +431,8 @@ def _from_autonormal_state(guide, state: Dict[str, torch.Tensor]) -> Dict[str, t
 
 
 def _dummy_data(model: BayesianNetwork, input_shape, target_info):
-    x0 = torch.zeros((1,) + tuple(input_shape), dtype=model.dtype, device=model.device)
+    x_dtype = torch.long if model.integer_inputs else model.dtype  # token ids stay integer
+    x0 = torch.zeros((1,) + tuple(input_shape), dtype=x_dtype, device=model.device)
     if target_info is None:
         return x0, None
     tshape = (1,) + tuple(target_info["shape"])
@@ -461,9 +462,21 @@ class _SVI(Inference):
         kl: str = "analytic",
         kl_warmup: Optional[int] = 0,
         prior_scale: str = "fixed",
+        callback=None,
+        estimator: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.callback = check_callback(callback)
+        if estimator not in ("auto", "reparam"):
+            if estimator in ("local", "flipout"):
+                raise ValueError(
+                    f"estimator={estimator!r} needs independent weights (a mean-field guide): under a {self.name} "
+                    "Gaussian the weights of a layer are correlated, which local reparameterisation and flipout "
+                    "ignore (they would give a biased gradient); use method='mean-field' for them, or "
+                    "estimator='reparam' (the default here)"
+                )
+            raise ValueError(f"estimator must be 'auto' or 'reparam' for {self.name}, got {estimator!r}")
         self.num_steps = check_positive_int(num_steps, "num_steps")
         self.lr = check_positive_float(lr, "lr")
         self.lr_decay = check_positive_float(lr_decay, "lr_decay")
@@ -525,7 +538,7 @@ class _SVI(Inference):
             _, _, mean, var = post.adapter.moments(None, sample=False)
             s2 = layout.empirical_bayes_variances(mean, var)
         sites = model.latent_sites()
-        overrides = {sites[name].param: _priors.Normal(sites[name].gaussian[0], float(s2[k].sqrt())) for k, name in enumerate(layout.gaussian_names)}
+        overrides = {sites[name].param: _priors.Normal(layout.site(name).gaussian[0], float(s2[k].sqrt())) for k, name in enumerate(layout.gaussian_names)}
         model.prior = _priors.PerSite(model.prior, overrides)
         model._prior_cache = {}  # the model caches its priors; they changed
         post.fit_info["prior_scales"] = {p: o.scale for p, o in overrides.items()}
@@ -568,11 +581,14 @@ class _SVI(Inference):
                 loss_fn, itertools.chain([(x0, y0)], batches), list(leaves.values()) + det,
                 num_steps=num_steps, lr=self.lr, lr_decay=self.lr_decay, progress=self.progress, desc=self.name,
                 what="negative ELBO", hint="init_scale, or standardise x and y", slice_lr=slice_lr,
+                callback=self.callback, callback_every=data.steps_per_epoch(self.batch_size), posterior_fn=lambda: post,
             )
         finally:
             self._active = None
             model.net.eval()
         post.fit_info = {"losses": losses, "seconds": seconds, "num_steps": num_steps, "estimator": estimator, "kl_warmup": warmup}
+        if len(losses) < num_steps:
+            post.fit_info["stopped_at"] = len(losses)
         self._finalize_prior(post)
         return post
 
@@ -610,6 +626,9 @@ _SVI_ARGS = """num_steps: optimisation steps (default 5000; ignored when ``epoch
             posterior's model prior (``posterior.model.prior``) and
             ``fit_info["prior_scales"]``.
         progress: show a progress bar with the running loss.
+        callback: ``callback(progress)`` called after every epoch (every step with full-batch
+            data) with a :class:`~pyrobdl.inference.optim.FitProgress` (``step``, ``epoch``,
+            ``loss``, ``posterior`` so far); return ``True`` to stop (early stopping).
         seed: seed Pyro's and torch's RNGs first (see :class:`~pyrobdl.inference.Inference`)."""
 
 

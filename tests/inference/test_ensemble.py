@@ -96,7 +96,13 @@ def test_mixture_formula_on_hand_made_members(small_data):
     with torch.no_grad():
         post.params["0.weight"].zero_()
         post.params["0.bias"].copy_(torch.stack([mu, var.log()], -1))
-    pred = post.predict(torch.zeros(5, 1), num_samples=17)  # num_samples is ignored: one component per member
+    pred = post.predict(torch.zeros(5, 1))  # every member once
+    assert pred.num_samples == 3
+    with pytest.warns(UserWarning, match="each is used 2 times"):  # a multiple of M: the same mixture
+        twice = post.predict(torch.zeros(5, 1), num_samples=6)
+    assert twice.num_samples == 6
+    torch.testing.assert_close(twice.mean, pred.mean)
+    torch.testing.assert_close(twice.variance, pred.variance)
     mu_star = mu.mean()
     total = (var + mu**2).mean() - mu_star**2
     torch.testing.assert_close(pred.mean, mu_star.expand(5))

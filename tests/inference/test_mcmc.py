@@ -154,8 +154,12 @@ def test_predict_uses_all_draws_or_thins(small_bnn_post):
     idx = torch.linspace(0, 79, 7).round().long()
     assert torch.equal(sub["sigma"], full["sigma"][idx])
     assert post.predict(x, num_samples=7).num_samples == 7
-    with pytest.raises(ValueError, match="at most 80"):
-        post.predict(x, num_samples=500)
+    # more than the 80 draws: every draw twice, the same mixture (one meaning of num_samples)
+    with pytest.warns(UserWarning, match="each is used 2 times"):
+        twice = post.predict(x, num_samples=160)
+    assert twice.num_samples == 160
+    torch.testing.assert_close(twice.mean, pred.mean)
+    torch.testing.assert_close(twice.variance, pred.variance)
 
 
 def test_draws_keep_the_chains_and_thin_within_each(small_bnn_post):

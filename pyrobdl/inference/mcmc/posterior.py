@@ -7,7 +7,7 @@ import torch
 
 from ..._util import check_positive_int
 from ...network import BayesianNetwork
-from ..base import Draws, Posterior
+from ..base import Draws, Posterior, finite_draw_index
 
 __all__ = ["MCMCPosterior", "HMCPosterior", "MAX_SAVED_DATA"]
 
@@ -104,21 +104,24 @@ class MCMCPosterior(Posterior):
         not kept (a loaded posterior whose data exceeded :data:`MAX_SAVED_DATA`)."""
         return None if self.x is None or self.y is None else (self.x, self.y)
 
+    @property
+    def num_fixed_draws(self) -> int:
+        """Chains x draws: the posterior's fixed set of draws."""
+        C, S = self._shape()
+        return C * S
+
     def sample_latents(self, num_samples: Optional[int] = None) -> Dict[str, torch.Tensor]:
-        """All draws, chains concatenated (``(C*S, *shape)``), or ``num_samples`` of
-        them chosen evenly spaced (thinning; never more than there are)."""
+        """All draws, chains concatenated (``(C*S, *shape)``), or ``num_samples`` of them as
+        for every posterior with a finite set of draws
+        (:func:`~pyrobdl.inference.base.finite_draw_index`: fewer are thinned evenly, more
+        repeat every draw as evenly as possible, with a warning)."""
         C, S = self._shape()
         flat = {k: v.reshape((C * S,) + v.shape[2:]) for k, v in self.samples.items()}
-        if num_samples is None or num_samples == C * S:
-            return flat
-        num_samples = check_positive_int(num_samples, "num_samples")
-        if num_samples > C * S:
-            raise ValueError(
-                f"num_samples={num_samples} exceeds the {C * S} MCMC draws ({C} chains x {S}); "
-                f"pass at most {C * S} or None for all of them"
-            )
-        idx = torch.linspace(0, C * S - 1, num_samples, device=next(iter(flat.values())).device).round().long()
-        return {k: v[idx] for k, v in flat.items()}
+        idx = finite_draw_index(
+            C * S, num_samples, what=f"MCMC draws ({C} chains x {S})", owner=self,
+            device=next(iter(flat.values())).device,
+        )
+        return flat if idx is None else {k: v[idx] for k, v in flat.items()}
 
     def draws(self, num_samples: Optional[int] = None) -> Draws:
         """The chains as :class:`~pyrobdl.inference.base.Draws`: every draw, or about

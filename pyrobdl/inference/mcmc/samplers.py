@@ -167,6 +167,8 @@ class NUTS(_MCMCBase):
 
     The defaults are the measured ones (see the docs page "How the defaults were
     chosen"): 500 warm-up steps and 500 draws per chain, 2 chains, ``max_tree_depth=8``.
+    Parameters outside the model's ``bayesian`` selection stay at their current values (the
+    variational and point methods train them instead; see :class:`~pyrobdl.BayesianNetwork`).
 
     Args:
         max_tree_depth: at most :math:`2^{\text{depth}}-1` leapfrog steps per

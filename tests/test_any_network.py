@@ -1,0 +1,220 @@
+"""Any network: recurrent, embedding and attention nets in every method (the vmap fallback),
+integer inputs kept integer where the network takes them, the data plate's name, and one
+meaning of ``num_samples``."""
+import warnings
+
+import pyro
+import pytest
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+import pyrobdl
+from pyrobdl import BayesianNetwork
+from pyrobdl._fast.batched import loop_path, uses_loop
+from pyrobdl.inference.base import finite_draw_index
+
+
+class RNNReg(nn.Module):
+    def __init__(self, cell=nn.LSTM, hidden=6):
+        super().__init__()
+        self.rnn = cell(1, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x.unsqueeze(-1))
+        return self.head(out[:, -1])
+
+
+class EmbReg(nn.Module):
+    def __init__(self, vocab=10):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.head(self.emb(x)).squeeze(-2)
+
+
+class AttnReg(nn.Module):
+    def __init__(self, encoder=False):
+        super().__init__()
+        self.inp = nn.Linear(1, 8)
+        self.body = (
+            nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.1, batch_first=True)
+            if encoder else nn.MultiheadAttention(8, 2, batch_first=True)
+        )
+        self.encoder = encoder
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        h = self.inp(x.unsqueeze(-1))
+        h = self.body(h) if self.encoder else self.body(h, h, h)[0]
+        return self.head(h.mean(1))
+
+
+def _seq_data(n=48, t=5):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, t, generator=g)
+    return x, 0.5 * x.sum(-1) / t ** 0.5 + 0.1 * torch.randn(n, generator=g)
+
+
+def _quiet_fit(model, x, y, method, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pyrobdl.fit(model, x, y, method=method, progress=False, seed=0, **kw)
+
+
+@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU])
+def test_recurrent_apply_falls_back_to_the_loop_with_one_note(cell):
+    torch.manual_seed(0)
+    model = BayesianNetwork(RNNReg(cell))
+    x, _ = _seq_data(8)
+    params = {k: v.detach() + 0.1 * torch.randn((4,) + v.shape) for k, v in model.net.named_parameters()}
+    with pytest.warns(UserWarning, match="cannot batch") as rec:
+        out = model.apply(params, x)
+    assert sum("cannot batch" in str(w.message) for w in rec) == 1
+    assert uses_loop(model.net) and out.shape == (4, 8, 1)
+    # the loop is the same function: each sample by hand
+    for s in range(4):
+        one = functional_call(model.net, {k: v[s] for k, v in params.items()}, (x,))
+        torch.testing.assert_close(out[s], one)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the note is given once per network
+        model.apply(params, x)
+
+
+def test_loop_and_vmap_paths_agree_where_both_apply():
+    """A convolutional net (not a Linear chain, so not the chain fast path) batches under vmap;
+    the loop gives the same outputs."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Unflatten(1, (1, 6)), nn.Conv1d(1, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(12, 1))
+    model = BayesianNetwork(net)
+    x = torch.randn(5, 6)
+    params = {k: v.detach() + 0.1 * torch.randn((7,) + v.shape) for k, v in net.named_parameters()}
+    fast = model.apply(params, x)
+    with loop_path():
+        slow = model.apply(params, x)
+    assert not uses_loop(net)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["mean-field", "ensemble", "mc-dropout"])
+def test_lstm_fits_and_predicts_in_every_family(method):
+    x, y = _seq_data()
+    post = _quiet_fit(BayesianNetwork(RNNReg(nn.LSTM)), x, y, method, epochs=150)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = post.predict(x, num_samples=16)
+    assert pred.mean.shape == (48,) and bool(torch.isfinite(pred.variance).all())
+    # it learned something: better than predicting the mean of y (R^2 > 0.3 on the training set)
+    r2 = 1 - float(((pred.mean - y) ** 2).mean() / y.var(unbiased=False))
+    assert r2 > 0.3, r2
+    if method != "mc-dropout":  # the LSTM net has no dropout module, so MC dropout has no spread
+        assert float(pred.epistemic_std.mean()) > 0
+
+
+def test_gru_with_nuts_tiny():
+    x, y = _seq_data(24, 3)
+    post = _quiet_fit(BayesianNetwork(RNNReg(nn.GRU, hidden=3)), x, y, "nuts", num_samples=8, warmup_steps=8, num_chains=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = post.predict(x)
+        idata = post.to_arviz(x, y)
+    assert pred.num_samples == 8 and float(pred.epistemic_std.mean()) > 0
+    assert "log_likelihood" in idata.groups()
+
+
+def test_transformer_encoder_mc_dropout_has_spread_and_mha_fits():
+    """MC dropout on a TransformerEncoderLayer: torch's fused eval-mode fast path skips the
+    layer's dropout modules, so pyrobdl switches it off while sampling; the spread is > 0."""
+    x, y = _seq_data(32, 4)
+    post = _quiet_fit(BayesianNetwork(AttnReg(encoder=True)), x, y, "mc-dropout", epochs=30)
+    pred = post.predict(x, num_samples=16)
+    assert float(pred.epistemic_std.min()) > 0
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+    post = _quiet_fit(BayesianNetwork(AttnReg()), x, y, "mean-field", epochs=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert post.predict(x, num_samples=8).mean.shape == (32,)
+
+
+# ------------------------------------------------------------------ integer inputs
+def test_embedding_keeps_integer_inputs_and_saves(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 10, (80, 1), generator=g)
+    y = 0.3 * x[:, 0].float() - 1.35 + 0.05 * torch.randn(80, generator=g)
+    model = BayesianNetwork(EmbReg())
+    post = _quiet_fit(model, x, y, "mean-field", num_steps=1500)
+    assert post.model.integer_inputs is True
+    pred = post.predict(x, num_samples=50)
+    rmse = float(((pred.mean - y) ** 2).mean().sqrt())
+    assert rmse < 0.25, rmse  # targets std ~0.9: the embedding learned the per-token means
+    post.save(tmp_path / "emb.pt")
+    back = pyrobdl.load(tmp_path / "emb.pt", model=BayesianNetwork(EmbReg()))
+    assert back.model.integer_inputs is True
+    torch.manual_seed(0)
+    a = back.predict(x[:5], num_samples=20).mean
+    assert bool(torch.isfinite(a).all())
+    for method in ("ensemble", "mc-dropconnect"):
+        p = _quiet_fit(BayesianNetwork(EmbReg()), x, y, method, epochs=50)
+        assert p.predict(x[:3]).mean.shape == (3,)
+
+
+def test_integer_features_into_linear_are_cast():
+    x = torch.arange(12).reshape(6, 2)
+    model = BayesianNetwork(nn.Linear(2, 1))
+    xi, _ = model.check_data(x)
+    assert xi.dtype == torch.float32 and model.integer_inputs is False
+    torch.testing.assert_close(xi, x.float())
+
+
+# ------------------------------------------------------------------ plates
+def test_plate_and_obs_names_are_configurable_and_saved(tmp_path):
+    x = torch.randn(30, 1)
+    y = 2 * x[:, 0]
+    m = BayesianNetwork(nn.Linear(1, 1), plate_name="rows", obs_name="target")
+
+    def model(x, y=None):  # the user's own plate named "data" next to the network's
+        with pyro.plate("data", 30):
+            pyro.sample("z", pyro.distributions.Normal(0.0, 1.0))
+        return m(x, y)
+
+    tr = pyro.poutine.trace(model).get_trace(x, y)
+    assert {"data", "rows", "target", "z"} <= set(tr.nodes)
+    assert tr.nodes["target"]["cond_indep_stack"][0].name == "rows"
+    post = _quiet_fit(m, x, y, "mean-field", num_steps=50)
+    post.save(tmp_path / "p.pt")
+    back = pyrobdl.load(tmp_path / "p.pt")
+    assert back.model.plate_name == "rows" and back.model.obs_name == "target"
+    with pytest.raises(ValueError, match="plate_name"):
+        BayesianNetwork(nn.Linear(1, 1), plate_name="x", obs_name="x")
+
+
+def test_network_inside_a_data_plate_is_a_clear_error_and_num_data_subsamples():
+    x = torch.randn(40, 1)
+    y = 2 * x[:, 0]
+    m = BayesianNetwork(nn.Linear(1, 1))
+
+    def wrapped(x, y=None):
+        with pyro.plate("data", 40, subsample_size=8) as idx:
+            return m(x[idx], None if y is None else y[idx])
+
+    with pytest.raises(ValueError, match="global latent variables.*num_data=N"):
+        pyro.poutine.trace(wrapped).get_trace(x, y)
+    # the supported idiom: the network opens its own subsampled plate, scaled by N / batch
+    tr = pyro.poutine.trace(m).get_trace(x[:8], y[:8], num_data=40)
+    tr.compute_log_prob()
+    assert tr.nodes["data"]["value"].shape == (8,)
+    assert float(tr.nodes["obs"]["scale"]) == pytest.approx(40 / 8)
+
+
+# ------------------------------------------------------------------ num_samples
+def test_one_meaning_of_num_samples_for_a_fixed_set():
+    assert finite_draw_index(5, None) is None and finite_draw_index(5, 5) is None
+    assert finite_draw_index(10, 3).tolist() == [0, 4, 9]
+    with pytest.warns(UserWarning, match="each is used 3 or 4 times"):
+        idx = finite_draw_index(3, 10)
+    assert torch.bincount(idx).tolist() == [4, 3, 3]
+    with pytest.raises(ValueError):
+        finite_draw_index(3, 0)
