@@ -77,6 +77,9 @@ __all__ = [
     "plot_rank",
     "plot_forest",
     "plot_energy",
+    "inference_data",
+    "sample_stats_arrays",
+    "to_numpy",
 ]
 
 #: function-space diagnostics use at most this many training inputs by default
@@ -126,12 +129,12 @@ def _training_data(posterior) -> Tuple[Optional[torch.Tensor], Optional[torch.Te
     return (None, None) if data is None else data
 
 
-def _sample_stats(stats: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+def sample_stats_arrays(stats: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
     """ArviZ-ready sampler statistics: ``diverging`` as booleans, statistics that were
     never recorded (all NaN, e.g. the tree depth of fixed-length HMC) left out."""
     out = {}
     for k, v in stats.items():
-        a = _np(v)
+        a = to_numpy(v)
         if k == "diverging":
             a = a.astype(bool)
         elif not np.isfinite(a).any():
@@ -145,7 +148,8 @@ def _flatten_chains(draws: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Ten
     return {k: v.reshape((C * S,) + v.shape[2:]) for k, v in draws.items()}, C, S
 
 
-def _np(t: torch.Tensor) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor as a NumPy array (detached, on the CPU)."""
     return t.detach().cpu().numpy()
 
 
@@ -354,7 +358,7 @@ def function_values(posterior, x_grid, *, num_samples: Optional[int] = None) -> 
         out, lats = model.outputs_from_samples(x, flat)
         pred = model.likelihood.prediction(out, lats)
     t = pred.samples["loc"] if "loc" in pred.samples else pred.samples["probs"]
-    return _np(t).reshape(C, S, -1)
+    return to_numpy(t).reshape(C, S, -1)
 
 
 def function_space_diagnostics(
@@ -504,7 +508,7 @@ def summary(
     C, S = next(iter(draws.values())).shape[:2]
     names = list(draws)
     per_site = {}
-    allv = np.concatenate([_np(draws[k]).reshape(C, S, -1) for k in names], -1)
+    allv = np.concatenate([to_numpy(draws[k]).reshape(C, S, -1) for k in names], -1)
     d = rhat_ess(allv)
     off = 0
     for k in names:
@@ -551,7 +555,7 @@ def summary(
         if max_depth is not None and "tree_depth" in stats:
             out.max_tree_depth_fraction = float((stats["tree_depth"] >= max_depth).double().mean())
         if "energy" in stats and stats["energy"].shape[1] > 2:
-            e = _np(stats["energy"]).astype(np.float64)
+            e = to_numpy(stats["energy"]).astype(np.float64)
             num = np.square(np.diff(e, axis=1)).mean(axis=1)
             den = e.var(axis=1)
             with np.errstate(all="ignore"):
@@ -682,7 +686,7 @@ def _site_dims(model: BayesianNetwork, draws: Dict[str, torch.Tensor]) -> Dict[s
     return dims
 
 
-def _from_dict(groups: Dict[str, Dict[str, np.ndarray]], dims, attrs: Dict[str, Any]):
+def inference_data(groups: Dict[str, Dict[str, np.ndarray]], dims, attrs: Dict[str, Any]):
     """``az.from_dict`` for arviz 0.x (keyword groups -> InferenceData) and 1.x
     (one nested mapping -> xarray.DataTree)."""
     az = _az()
@@ -738,36 +742,36 @@ def to_arviz(
         x, y = _training_data(posterior)
     elif (x is None) != (y is None):
         raise ValueError("pass both x and y (the data for the log_likelihood and observed_data groups), or neither")
-    groups: Dict[str, Dict[str, np.ndarray]] = {"posterior": {k: _np(v) for k, v in draws.items()}}
+    groups: Dict[str, Dict[str, np.ndarray]] = {"posterior": {k: to_numpy(v) for k, v in draws.items()}}
     dims = _site_dims(model, draws)
     if _markov(posterior):
-        groups["sample_stats"] = _sample_stats(d.sample_stats)
+        groups["sample_stats"] = sample_stats_arrays(d.sample_stats)
     if x is not None:
         x, y = model.check_data(x, y)
         x, y = x.to(model.device), y.to(model.device)
         ll, rep = pointwise_log_likelihood(model, flat, x, y, max_memory=max_memory, predictive=posterior_predictive)
         obs = model.obs_name
-        groups["log_likelihood"] = {obs: _np(ll).reshape(C, S, -1)}
+        groups["log_likelihood"] = {obs: to_numpy(ll).reshape(C, S, -1)}
         if rep is not None:
-            groups["posterior_predictive"] = {obs: _np(rep).reshape((C, S) + tuple(rep.shape[1:]))}
-        groups["observed_data"] = {obs: _np(y)}
+            groups["posterior_predictive"] = {obs: to_numpy(rep).reshape((C, S) + tuple(rep.shape[1:]))}
+        groups["observed_data"] = {obs: to_numpy(y)}
         dims[obs] = ["obs_id"]
     attrs = {"inference_library": "pyrobdl", "method": str(getattr(posterior, "method", ""))}
-    return _from_dict(groups, dims, attrs)
+    return inference_data(groups, dims, attrs)
 
 
 def _posterior_only(posterior, num_samples=None):
     """ArviZ data with the posterior (and MCMC sample_stats) only: no likelihood pass."""
     d = _draws(posterior, num_samples)
-    groups = {"posterior": {k: _np(v) for k, v in d.values.items()}}
+    groups = {"posterior": {k: to_numpy(v) for k, v in d.values.items()}}
     if _markov(posterior):
-        groups["sample_stats"] = _sample_stats(d.sample_stats)
-    return _from_dict(groups, _site_dims(posterior.model, d.values), {"inference_library": "pyrobdl"})
+        groups["sample_stats"] = sample_stats_arrays(d.sample_stats)
+    return inference_data(groups, _site_dims(posterior.model, d.values), {"inference_library": "pyrobdl"})
 
 
 def _function_idata(posterior, x_grid, num_samples=None):
     vals = function_values(posterior, x_grid, num_samples=num_samples)
-    return _from_dict({"posterior": {"f": vals}}, {"f": ["f_point"]}, {"inference_library": "pyrobdl"})
+    return inference_data({"posterior": {"f": vals}}, {"f": ["f_point"]}, {"inference_library": "pyrobdl"})
 
 
 def _plot_data(posterior, x_grid, num_samples):

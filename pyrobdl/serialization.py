@@ -181,27 +181,18 @@ def save(posterior, path) -> None:
     # a posterior of a plain Pyro model (pyrobdl.from_pyro) describes its own file: there is no network to describe
     file_state = getattr(posterior, "file_state", None)
     state = file_state() if callable(file_state) else None
-    if state is not None:
-        if recalibrator is not None:
-            state["recalibration"] = {
-                "method": recalibrator.name,
-                "level": recalibrator.level,
-                "num_calibration": recalibrator.num_calibration,
-                "state": recalibrator.get_state(),
-            }
-        torch.save(state, path)
-        return
-    model = posterior.model
-    state = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "pyrobdl_version": __version__,
-        "method": posterior.method,
-        "posterior_class": type(posterior).__name__,
-        "model": model_config(model),
-        "net_state": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
-        "posterior": posterior.get_state(),
-    }
+    if state is None:
+        model = posterior.model
+        state = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "pyrobdl_version": __version__,
+            "method": posterior.method,
+            "posterior_class": type(posterior).__name__,
+            "model": model_config(model),
+            "net_state": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
+            "posterior": posterior.get_state(),
+        }
     if recalibrator is not None:
         state["recalibration"] = {
             "method": recalibrator.name,
@@ -285,9 +276,11 @@ def load(path, *, model: Optional[BayesianNetwork] = None, map_location=None):
 
     cfg = state["model"]
     if cfg.get("kind") == "pyro":  # a posterior of a plain Pyro model (pyrobdl.from_pyro): the model is passed back
-        from .inference.pyro_bridge import load_pyro_state
-
-        posterior = load_pyro_state(state, model, path)
+        try:
+            loader = get_posterior(state["method"]).load_file
+        except (ValueError, AttributeError) as e:
+            raise ValueError(f"{path!r} holds a posterior of a plain Pyro model of an unknown kind: {e}") from None
+        posterior = loader(state, model, path)
         if map_location is not None:
             posterior.to(map_location)
         if "recalibration" in state:

@@ -177,3 +177,18 @@ def test_take_keeps_the_class_and_agrees_with_the_whole():
         base.take([0, 50])
     with pytest.raises(TypeError, match="index must be a slice"):
         base.take(torch.tensor([0.5]))
+
+
+def test_recalibrate_takes_a_precomputed_prediction():
+    """Passing the prediction at the calibration inputs fits the same recalibrator as passing
+    the inputs (same samples: predictions with a fixed torch seed are reproducible)."""
+    post, x, y = _regression_posterior()
+    torch.manual_seed(3)
+    pred = post.predict(x[:40], num_samples=50)
+    from_pred = recalibrate(post, pred, y[:40], method="variance")
+    torch.manual_seed(3)
+    from_x = recalibrate(post, x[:40], y[:40], method="variance", num_samples=50)
+    assert from_pred.recalibrator.get_state() == from_x.recalibrator.get_state()
+    clf, xc, yc = _classification_posterior()
+    with pytest.raises(ValueError, match="predicts a classification task"):
+        recalibrate(clf, pred, y[:40], method="temperature")

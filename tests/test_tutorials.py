@@ -25,6 +25,7 @@ TUTORIALS = [
     "07_bayesian_last_layer.py",
     "08_gpu.py",
     "09_calibration.py",
+    "10_posthoc_laplace_swag.py",
 ]
 
 #: smoke runs take a few seconds each; this only guards against hangs

@@ -333,7 +333,10 @@ def recalibrate(
     Args:
         posterior: any fitted posterior (``pyrobdl.fit``'s result, a loaded one, or any
             object whose ``predict(x, num_samples=...)`` returns a pyrobdl prediction).
-        x_cal, y_cal: calibration inputs and targets, not used in training.
+        x_cal, y_cal: calibration inputs and targets, not used in training. ``x_cal`` may
+            also be the posterior's prediction at the calibration inputs (a
+            :class:`~pyrobdl.prediction.Prediction` already computed, e.g. to try several
+            methods on one set of predictive samples); ``num_samples`` is then not used.
         method: regression: ``"variance"`` (one factor on the predictive std, Levi et al.
             2020), ``"isotonic"`` (CDF recalibration, Kuleshov et al. 2018), ``"conformal"``
             (split conformal on :math:`|y-\mu|/\sigma`), ``"cqr"`` (conformalised quantile
@@ -364,8 +367,16 @@ def recalibrate(
         raise TypeError(f"posterior must be a fitted posterior with a predict method, got {type(posterior).__name__}")
     cls = get_recalibrator(method)
     recal = cls(level=level, **options)
-    kwargs = {} if num_samples is None else {"num_samples": num_samples}
-    pred = posterior.predict(x_cal, **kwargs)
+    if isinstance(x_cal, Prediction):
+        pred = x_cal
+        if pred.task != getattr(getattr(getattr(posterior, "model", None), "likelihood", None), "task", pred.task):
+            raise ValueError(
+                f"x_cal is a {type(pred).__name__} but the posterior predicts a {posterior.model.likelihood.task} "
+                "task; pass the posterior's own prediction at the calibration inputs"
+            )
+    else:
+        kwargs = {} if num_samples is None else {"num_samples": num_samples}
+        pred = posterior.predict(x_cal, **kwargs)
     rows = next(iter(pred.samples.values())).shape[1]
     n_y = len(y_cal) if hasattr(y_cal, "__len__") else None
     if n_y is not None and n_y != rows:

@@ -102,6 +102,13 @@ QUICK_OPTIONS: Dict[str, Dict[str, Any]] = {
     "hmc": {"num_samples": 30, "warmup_steps": 30, "num_chains": 2, "num_steps": 8, "diagnose": False},
     "chees-hmc": {"num_samples": 30, "warmup_steps": 30, "num_chains": 8, "init_steps": 20, "compile": False,
                   "diagnose": False},
+    "swag": {"epochs": 5, "swag_epochs": 5},
+    "multi-swag": {"epochs": 5, "swag_epochs": 5, "size": 2},
+    "sgld": {"num_samples": 10, "warmup_steps": 50, "init_steps": 50, "num_chains": 2},
+    "sghmc": {"num_samples": 10, "warmup_steps": 50, "init_steps": 50, "num_chains": 2},
+    "cyclical-sgmcmc": {"num_cycles": 2, "samples_per_cycle": 5, "init_steps": 50, "num_chains": 2},
+    "laplace": {"num_steps": 200, "batch_size": None},
+    "sub-ensemble": {"size": 3, "num_steps": 100, "head_steps": 30},
 }
 
 

@@ -6,6 +6,10 @@ from .svi import FullRank, LowRank, MeanField, SVIPosterior
 from .mcmc import HMC, NUTS, ChEESHMC, ChEESPosterior, MCMCPosterior
 from .dropout import DropConnectPosterior, DropoutPosterior, MCDropConnect, MCDropout
 from .ensemble import DeepEnsemble, EnsemblePosterior
+from .swag import MultiSWAG, MultiSWAGPosterior, SWAG, SWAGMoments, SWAGPosterior
+from .sgmcmc import SGHMC, SGLD, CyclicalSGMCMC, SGMCMCPosterior
+from .laplace import Laplace, LaplacePosterior
+from .subensemble import HeadSplit, SubEnsemble, SubEnsemblePosterior
 from .pyro_bridge import PyroMCMCPosterior, PyroPosterior, from_pyro
 from .local import flipout, local_reparameterization
 from .optim import FitProgress
@@ -30,6 +34,20 @@ __all__ = [
     "DropoutPosterior",
     "DropConnectPosterior",
     "EnsemblePosterior",
+    "SWAG",
+    "MultiSWAG",
+    "SWAGPosterior",
+    "MultiSWAGPosterior",
+    "SWAGMoments",
+    "SGLD",
+    "SGHMC",
+    "CyclicalSGMCMC",
+    "SGMCMCPosterior",
+    "Laplace",
+    "LaplacePosterior",
+    "SubEnsemble",
+    "SubEnsemblePosterior",
+    "HeadSplit",
     "NUTS",
     "HMC",
     "ChEESHMC",

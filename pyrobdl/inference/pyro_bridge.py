@@ -575,8 +575,9 @@ class PyroPosterior(Posterior):
         ``num_samples``: for a guide, the number of draws (default 100); for a fixed set of
         :math:`S` draws, ``None`` uses all of them, and another number means what it means for
         every posterior with a fixed set (:func:`~pyrobdl.inference.base.finite_draw_index`: an
-        evenly spaced subset, or every draw repeated as evenly as possible, with a warning). ``chunk_size`` bounds the draws per vectorised
-        model run (a BayesianNetwork's engine also takes ``max_memory``).
+        evenly spaced subset, or every draw repeated as evenly as possible, with a warning).
+        ``chunk_size`` bounds the draws per vectorised model run (a BayesianNetwork's engine
+        also takes ``max_memory``).
         """
         if chunk_size is not None:
             chunk_size = check_positive_int(chunk_size, "chunk_size")
@@ -617,7 +618,7 @@ class PyroPosterior(Posterior):
         see :func:`pyrobdl.diagnostics.to_arviz`."""
         if self.on_network:
             return super().to_arviz(x, y, num_samples=num_samples)
-        from ..diagnostics import _from_dict, _np, _sample_stats
+        from ..diagnostics import inference_data, sample_stats_arrays, to_numpy
 
         if x is None and y is None and self._training_data is not None:
             x, y = self._training_data
@@ -625,9 +626,9 @@ class PyroPosterior(Posterior):
             raise ValueError("pass both x and y (the data for the log_likelihood and observed_data groups), or neither")
         d = self.draws(num_samples, x=x)
         C, T = d.num_chains, d.num_draws
-        groups: Dict[str, Dict[str, Any]] = {"posterior": {k: _np(v) for k, v in d.values.items()}}
+        groups: Dict[str, Dict[str, Any]] = {"posterior": {k: to_numpy(v) for k, v in d.values.items()}}
         if self.markov_chains:
-            groups["sample_stats"] = _sample_stats(d.sample_stats)
+            groups["sample_stats"] = sample_stats_arrays(d.sample_stats)
         dims: Dict[str, List[str]] = {}
         if x is not None:
             x = self._resolve_x(x)
@@ -660,12 +661,12 @@ class PyroPosterior(Posterior):
             lp = self._stack(fns, ll, batch).reshape(C * T, N, -1).sum(-1)
             rep = self._stack(fns, lambda fn: fn.sample(), st.obs_shape)
             obs = self.obs_site
-            groups["log_likelihood"] = {obs: _np(lp).reshape(C, T, N)}
-            groups["posterior_predictive"] = {obs: _np(rep).reshape((C, T) + tuple(st.obs_shape))}
-            groups["observed_data"] = {obs: _np(yt)}
+            groups["log_likelihood"] = {obs: to_numpy(lp).reshape(C, T, N)}
+            groups["posterior_predictive"] = {obs: to_numpy(rep).reshape((C, T) + tuple(st.obs_shape))}
+            groups["observed_data"] = {obs: to_numpy(yt)}
             dims[obs] = ["obs_id"] + [f"obs_dim_{i}" for i in range(len(st.obs_shape) - 1)]
         attrs = {"inference_library": "pyrobdl", "method": self.method}
-        return _from_dict(groups, dims, attrs)
+        return inference_data(groups, dims, attrs)
 
     # ------------------------------------------------------------------ saving
     def _cannot_save(self) -> str:
@@ -702,6 +703,11 @@ class PyroPosterior(Posterior):
             raise TypeError("samples must be a non-empty dict of (chains, draws, ...) tensors")
         return klass(model, samples=samples, sample_stats=dict(state.get("sample_stats", {})),
                      obs_site=str(state.get("obs_site", "obs")), training_data=data)
+
+    @classmethod
+    def load_file(cls, state: Dict[str, Any], model, path) -> "PyroPosterior":
+        """Rebuild from a file :func:`pyrobdl.load` read (:func:`load_pyro_state`)."""
+        return load_pyro_state(state, model, path)
 
     def file_state(self) -> Optional[Dict[str, Any]]:
         """The file :func:`pyrobdl.serialization.save` writes for a posterior of a plain Pyro
