@@ -28,6 +28,7 @@ over posterior samples; the fast paths behind them live in :mod:`pyrobdl._fast`)
 """
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
 import math
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pyro
+from pyro.poutine.messenger import block_messengers
+from pyro.poutine.plate_messenger import PlateMessenger
 from pyro.poutine.runtime import get_plates
 import pyro.distributions as dist
 import torch
@@ -154,8 +157,11 @@ class BayesianNetwork(nn.Module):
     subsample, pass the batch and the dataset size, ``model(x[idx], y[idx], num_data=N)``
     (this is what :func:`pyrobdl.fit` does with ``batch_size``): the plate is
     ``pyro.plate(plate_name, N, subsample_size=len(idx))``, which scales the likelihood by
-    :math:`N/|\text{batch}|`. Calling the network inside a plate at dim -1 raises a
-    ``ValueError`` saying so (its weights would become one set per data point).
+    :math:`N/|\text{batch}|`. The standard Pyro idiom works too: called inside your own data
+    plate at dim -1 (``with pyro.plate("data", N, subsample_size=B) as idx: model(x[idx],
+    y[idx])``), the network samples its global sites (weights, the noise) outside that plate
+    (:func:`pyro.poutine.messenger.block_messengers`) and scores the rows in it, so the plate's
+    own scaling applies and no second data plate is opened.
 
     Example::
 
@@ -571,28 +577,32 @@ class BayesianNetwork(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         outer = [f for f in get_plates() if f.dim == -1]
-        if outer:
+        B = x.shape[0]
+        if outer and outer[0].size != B:
             raise ValueError(
-                f"the BayesianNetwork was called inside the plate {outer[0].name!r} (dim -1): its weights are "
-                "global latent variables and inside a data plate they would become one set per data point. "
-                f"Call it outside the plate; to subsample, pass the batch and the dataset size, "
-                f"model(x[idx], y[idx], num_data=N): it opens its own data plate {self.plate_name!r} "
-                "(BayesianNetwork(..., plate_name=...) renames it). Plates at other dims (e.g. vectorised "
-                "particles, Predictive(parallel=True)) are fine."
+                f"the BayesianNetwork was called inside the plate {outer[0].name!r} of size {outer[0].size} (dim -1) "
+                f"with {B} input rows; inside your own data plate pass the rows it selects, e.g. "
+                f"with pyro.plate({outer[0].name!r}, N, subsample_size=B) as idx: model(x[idx], y[idx])"
+            )
+        if outer and num_data is not None:
+            raise ValueError(
+                f"num_data is set by your plate {outer[0].name!r} (its full size {outer[0].full_size}); leave num_data out"
             )
         sites = self.latent_sites(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
         params = {}
-        for pname, site in self._site_of.items():
-            params[pname] = _drop_data_dim(pyro.sample(site, sites[site].prior), sites[site].shape, site)
+        # the weights and the likelihood's latents are global: sampled outside a data plate of the user's
+        # (the standard subsampling idiom wraps the whole model call in one), which only scores the data
+        with block_messengers(lambda m: isinstance(m, PlateMessenger) and m.dim == -1) if outer else contextlib.nullcontext():
+            for pname, site in self._site_of.items():
+                params[pname] = _drop_data_dim(pyro.sample(site, sites[site].prior), sites[site].shape, site)
+            lats = {
+                short: _drop_data_dim(pyro.sample(site, sites[site].prior), sites[site].shape, site)
+                for short, site in self._latent_site_of.items()
+            }
         for pname in self._det_names:
             params[pname] = pyro.param(f"{self._uid}${pname}", dict(self.net.named_parameters())[pname])
-        lats = {
-            short: _drop_data_dim(pyro.sample(site, sites[site].prior), sites[site].shape, site)
-            for short, site in self._latent_site_of.items()
-        }
         out = self.apply(params, x)
         self.likelihood.check_output(out)
-        B = x.shape[0]
         if y is not None:
             check_same_length(x, y)
             y = self.likelihood.check_target(y, out)
@@ -601,6 +611,9 @@ class BayesianNetwork(nn.Module):
         N = B if num_data is None else check_positive_int(num_data, "num_data")
         if N < B:
             raise ValueError(f"num_data={N} is smaller than the batch ({B} rows); pass the full dataset size")
+        if outer:  # the user's plate scores the rows (and scales by its full size / subsample size)
+            pyro.sample(self.obs_name, self.likelihood.dist(out, lats), obs=y)
+            return out
         with pyro.plate(self.plate_name, N, subsample_size=B, dim=-1):
             pyro.sample(self.obs_name, self.likelihood.dist(out, lats), obs=y)
         return out

@@ -191,22 +191,52 @@ def test_plate_and_obs_names_are_configurable_and_saved(tmp_path):
         BayesianNetwork(nn.Linear(1, 1), plate_name="x", obs_name="x")
 
 
-def test_network_inside_a_data_plate_is_a_clear_error_and_num_data_subsamples():
-    x = torch.randn(40, 1)
-    y = 2 * x[:, 0]
-    m = BayesianNetwork(nn.Linear(1, 1))
+def test_the_model_wrapped_in_your_own_data_plate_works():
+    """The standard Pyro subsampling idiom: the whole model call inside the user's data plate.
+    The weights and the noise stay global (no plate, scale 1), the observations are scored in
+    the user's plate with its N / batch scaling, and no second data plate is opened."""
+    N, B = 200, 25
+    g = torch.Generator().manual_seed(0)
+    x = torch.linspace(-2, 2, N).unsqueeze(-1)
+    y = torch.sin(2 * x[:, 0]) + 0.1 * torch.randn(N, generator=g)
+    m = BayesianNetwork(nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1)))
 
     def wrapped(x, y=None):
-        with pyro.plate("data", 40, subsample_size=8) as idx:
+        with pyro.plate("data", N, subsample_size=B) as idx:
             return m(x[idx], None if y is None else y[idx])
 
-    with pytest.raises(ValueError, match="global latent variables.*num_data=N"):
-        pyro.poutine.trace(wrapped).get_trace(x, y)
-    # the supported idiom: the network opens its own subsampled plate, scaled by N / batch
-    tr = pyro.poutine.trace(m).get_trace(x[:8], y[:8], num_data=40)
+    tr = pyro.poutine.trace(wrapped).get_trace(x, y)
     tr.compute_log_prob()
-    assert tr.nodes["data"]["value"].shape == (8,)
-    assert float(tr.nodes["obs"]["scale"]) == pytest.approx(40 / 8)
+    for site in m.site_names:
+        assert tr.nodes[site]["cond_indep_stack"] == () and tr.nodes[site]["value"].shape == m.latent_sites()[site].shape
+    assert [f.name for f in tr.nodes["obs"]["cond_indep_stack"]] == ["data"]
+    assert float(tr.nodes["obs"]["scale"]) == pytest.approx(N / B)
+    assert tr.nodes["obs"]["value"].shape == (B,)
+    # the same log joint as the network's own subsampled plate on the same rows
+    idx = tr.nodes["data"]["value"]
+    own = pyro.poutine.trace(pyro.poutine.condition(m, data={k: tr.nodes[k]["value"] for k in m.site_names})).get_trace(
+        x[idx], y[idx], num_data=N)
+    torch.testing.assert_close(own.log_prob_sum(), tr.log_prob_sum() - tr.nodes["data"].get("log_prob_sum", 0.0))
+    # an autoguide treats the weights as global and SVI trains through the idiom
+    guide = pyro.infer.autoguide.AutoNormal(wrapped)
+    svi = pyro.infer.SVI(wrapped, guide, pyro.optim.Adam({"lr": 3e-2}), pyro.infer.Trace_ELBO())
+    for _ in range(1500):
+        svi.step(x, y)
+    assert dict(guide.named_parameters())["locs.0.weight_unconstrained"].shape == (16, 1)  # one global set
+    post = pyrobdl.from_pyro(m, guide=guide)
+    rmse = float((post.predict(x).mean - torch.sin(2 * x[:, 0])).pow(2).mean().sqrt())
+    assert rmse < 0.2, rmse
+    # a plate that does not select the rows given, or num_data beside it, is a clear error
+    with pytest.raises(ValueError, match="pass the rows it selects"):
+        with pyro.plate("data", N, subsample_size=B):
+            m(x, y)
+    with pytest.raises(ValueError, match="leave num_data out"):
+        with pyro.plate("data", N, subsample_size=B) as idx:
+            m(x[idx], y[idx], num_data=N)
+    # without a plate of the user's, the network opens its own subsampled one
+    tr = pyro.poutine.trace(m).get_trace(x[:B], y[:B], num_data=N)
+    tr.compute_log_prob()
+    assert float(tr.nodes["obs"]["scale"]) == pytest.approx(N / B)
 
 
 # ------------------------------------------------------------------ num_samples

@@ -99,7 +99,7 @@ def test_compare_uci_defaults():
 
 def test_measured_choices_are_declared_by_the_method_classes():
     heads = {cls.name for cls in inference.methods() if cls.variance_head}
-    assert heads == {"mean-field", "low-rank", "mc-dropout", "ensemble"}
+    assert heads == {"mean-field", "low-rank", "mc-dropout", "ensemble", "sub-ensemble"}
     limits = {cls.name: cls.max_weights for cls in inference.methods() if cls.max_weights is not None}
     assert limits == {"nuts": 2000, "hmc": 2000, "chees-hmc": 2000, "full-rank": 5000}
     assert inference.MCMCPosterior.markov_chains and not inference.SVIPosterior.markov_chains
