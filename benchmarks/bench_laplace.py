@@ -168,8 +168,8 @@ def lt_lml(la, delta: float, sigma: Optional[float] = None) -> float:
     old_p = la.prior_precision.clone()
     old_s = la.sigma_noise.clone() if torch.is_tensor(la.sigma_noise) else la.sigma_noise
     with torch.no_grad():
-        v = la.log_marginal_likelihood(torch.tensor([float(delta)]),
-                                       None if sigma is None else torch.tensor(float(sigma)))
+        v = la.log_marginal_likelihood(torch.tensor([float(delta)], dtype=la._dtype),
+                                       None if sigma is None else torch.tensor(float(sigma), dtype=la._dtype))
     la.prior_precision = old_p
     if sigma is not None:
         la.sigma_noise = old_s
@@ -207,8 +207,8 @@ def golden_argmax(fn, lo: float = -10.0, hi: float = 10.0, tol: float = 1e-7) ->
 
 def lt_joint_tune(la, steps: int = 1000, lr: float = 0.1, delta0: float = 1.0, sigma0: float = 1.0) -> Tuple[float, float]:
     """laplace-torch's README recipe: Adam on (log prior precision, log sigma) of -log marglik."""
-    log_p = torch.tensor([math.log(delta0)], requires_grad=True)
-    log_s = torch.tensor([math.log(sigma0)], requires_grad=True)
+    log_p = torch.tensor([math.log(delta0)], dtype=la._dtype, requires_grad=True)
+    log_s = torch.tensor([math.log(sigma0)], dtype=la._dtype, requires_grad=True)
     opt = torch.optim.Adam([log_p, log_s], lr=lr)
     for _ in range(steps):
         opt.zero_grad()
@@ -219,8 +219,8 @@ def lt_joint_tune(la, steps: int = 1000, lr: float = 0.1, delta0: float = 1.0, s
 
 def lt_grad_at(la, delta: float, sigma: float) -> Tuple[float, float]:
     """d log marglik / d (log delta, log sigma) of laplace-torch's formula at a point."""
-    lp = torch.tensor([math.log(delta)], requires_grad=True)
-    ls = torch.tensor([math.log(sigma)], requires_grad=True)
+    lp = torch.tensor([math.log(delta)], dtype=la._dtype, requires_grad=True)
+    ls = torch.tensor([math.log(sigma)], dtype=la._dtype, requires_grad=True)
     v = la.log_marginal_likelihood(lp.exp(), ls.exp())
     gp, gs = torch.autograd.grad(v, [lp, ls])
     return float(gp), float(gs)
@@ -279,7 +279,7 @@ def compare_case(net, task, x, y, xt, subset, hessian, *, sigma: Optional[float]
     row["lml_at"] = d_common
     # the GLM predictive at the common precision
     pyrobdl_set_prior(post, d_common)
-    la.prior_precision = torch.tensor([d_common])
+    la.prior_precision = torch.tensor([d_common], dtype=la._dtype)
     mp, cp = pyrobdl_moments(post, xt)
     ml, cl = lt_moments(la, xt)
     vp, vl = cp.diagonal(dim1=-2, dim2=-1), cl.diagonal(dim1=-2, dim2=-1)

@@ -11,7 +11,6 @@ model to :func:`load`: ``pyrobdl.load(path, model=BayesianNetwork(MyNet(), ...))
 """
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 from typing import Any, Dict, Optional

@@ -248,3 +248,53 @@ def test_one_meaning_of_num_samples_for_a_fixed_set():
     assert torch.bincount(idx).tolist() == [4, 3, 3]
     with pytest.raises(ValueError):
         finite_draw_index(3, 0)
+
+
+class EmbSeq(nn.Module):
+    """Token ids (N, T) -> embedding -> mean over T -> Linear."""
+
+    def __init__(self, vocab=10):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.head(self.emb(x).mean(1))
+
+
+_NETS = {
+    "lstm": (lambda: RNNReg(nn.LSTM, hidden=4), "float"),
+    "gru": (lambda: RNNReg(nn.GRU, hidden=4), "float"),
+    "embedding": (EmbSeq, "tokens"),
+    "attention": (lambda: AttnReg(), "float"),
+}
+_METHODS = {
+    "mean-field": dict(num_steps=20),
+    "nuts": dict(num_samples=6, warmup_steps=6, num_chains=1, max_tree_depth=3),
+    "mc-dropout": dict(num_steps=20, weight_decay=0.0),
+    "ensemble": dict(size=2, num_steps=20),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(_METHODS))
+@pytest.mark.parametrize("net", list(_NETS))
+def test_every_method_fits_and_predicts_every_kind_of_net(net, method):
+    """The matrix of the issue: LSTM / GRU / Embedding / attention nets with mean-field, a tiny
+    NUTS, MC dropout and the ensemble (tiny runs: the numbers checked are the shapes, finite
+    values and a non-negative split; the fits above check quality)."""
+    make, kind = _NETS[net]
+    g = torch.Generator().manual_seed(0)
+    if kind == "tokens":
+        x = torch.randint(0, 10, (24, 3), generator=g)
+        y = 0.2 * x.float().mean(1) + 0.05 * torch.randn(24, generator=g)
+    else:
+        x, y = _seq_data(24, 3)
+    post = _quiet_fit(BayesianNetwork(make()), x, y, method, **_METHODS[method])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = post.predict(x[:5], num_samples=4 if method != "nuts" else None)
+    assert pred.mean.shape == (5,) and bool(torch.isfinite(pred.mean).all())
+    assert bool((pred.epistemic_variance >= 0).all()) and bool((pred.aleatoric_variance > 0).all())
+    if method in ("mean-field", "nuts", "ensemble"):  # draws of the weights differ: a spread
+        assert float(pred.epistemic_std.max()) > 0

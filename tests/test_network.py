@@ -288,3 +288,35 @@ def test_chain_path_does_not_modify_inputs():
     x0 = x.clone()
     model.apply({k: v.detach().unsqueeze(0).expand(3, *v.shape) for k, v in model.net.named_parameters()}, x)
     assert torch.equal(x, x0)
+
+
+def test_predict_from_samples_takes_predictive_draws_and_checks_them():
+    """Draws laid out by pyro.infer.Predictive, (S, 1, *shape), give the same prediction as the
+    same draws squeezed; a missing site or a wrong shape is a ValueError naming the site."""
+    model = BayesianNetwork(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 1)))
+    x = torch.randn(6, 2)
+    draws = pyro.infer.Predictive(model, num_samples=5, return_sites=model.site_names)(x)
+    assert draws["0.weight"].shape == (5, 1, 4, 2)
+    flat = {k: v.squeeze(1) for k, v in draws.items()}
+    a = model.predict_from_samples(x, draws)
+    b = model.predict_from_samples(x, flat)
+    torch.testing.assert_close(a.mean, b.mean)
+    torch.testing.assert_close(a.variance, b.variance)
+    with pytest.raises(ValueError, match=r"no draws of the latent site\(s\) \['sigma'\]"):
+        model.predict_from_samples(x, {k: v for k, v in flat.items() if k != "sigma"})
+    with pytest.raises(ValueError, match=r"samples\['0.weight'\] has shape \(5, 2, 4\)"):
+        model.predict_from_samples(x, dict(flat, **{"0.weight": flat["0.weight"].transpose(1, 2)}))
+    with pytest.raises(ValueError, match="has 3 draws but other sites have 5"):
+        model.predict_from_samples(x, dict(flat, sigma=flat["sigma"][:3]))
+
+
+def test_a_custom_posterior_without_get_state_says_how_to_save_it(tmp_path):
+    from pyrobdl.inference import Posterior
+
+    class Mine(Posterior):
+        def sample_latents(self, num_samples):
+            return {k: s.prior.sample((num_samples,)) for k, s in self.model.latent_sites().items()}
+
+    post = Mine(BayesianNetwork(nn.Linear(1, 1)))
+    with pytest.raises(NotImplementedError, match=r"implement get_state\(\) .* from_state"):
+        post.save(tmp_path / "p.pt")

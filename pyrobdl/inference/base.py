@@ -13,11 +13,10 @@ The method registry is :mod:`pyrobdl.inference.registry`.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Iterator, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, Iterator, Optional, Tuple
 
 import pyro
 import torch

@@ -34,7 +34,7 @@ from ..network import BayesianNetwork
 from .base import Data, Posterior, finite_draw_index, reset_bayesian_parameters
 from .optim import train
 from .point import PointInference, WeightDecay, check_likelihood, init_latents, latent_site_names, param_name
-from .point import constrainer, latent_lr_scale, saved_fit_info, training_targets, weight_penalty
+from .point import check_size, constrainer, latent_lr_scale, saved_fit_info, training_targets, weight_penalty
 from .registry import register_method
 
 __all__ = ["DeepEnsemble", "EnsemblePosterior"]
@@ -394,11 +394,7 @@ class DeepEnsemble(PointInference):
             num_steps=num_steps, epochs=epochs, batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, progress=progress, seed=seed, callback=callback,
         )
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral):
-            raise TypeError(f"size must be an integer >= 1 (the number of ensemble members), got {size!r}")
-        if size < 1:
-            raise ValueError(f"size must be at least 1 (the number of ensemble members), got {size}; e.g. size=5")
-        self.size = int(size)
+        self.size = check_size(size, "ensemble members")
         self.adversarial = bool(adversarial)
         self.epsilon = None if epsilon is None else check_positive_float(epsilon, "epsilon")
         if warm_start is not None:

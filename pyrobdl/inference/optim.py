@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import pyro
 import torch

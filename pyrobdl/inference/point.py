@@ -52,6 +52,7 @@ References:
 """
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -90,6 +91,16 @@ WeightDecay = Union[str, float]
 
 
 # ============================================================================ settings
+def check_size(size, what: str) -> int:
+    """The number of members of an ensemble-like method: an integer >= 1 (``what`` names them
+    in the errors, e.g. ``"ensemble members"``)."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral):
+        raise TypeError(f"size must be an integer >= 1 (the number of {what}), got {size!r}")
+    if size < 1:
+        raise ValueError(f"size must be at least 1 (the number of {what}), got {size}; e.g. size=5")
+    return int(size)
+
+
 def check_weight_decay(weight_decay, *, auto: bool = False) -> WeightDecay:
     """``"prior"``, a number ``>= 0``, or (where the method can choose, ``auto=True``) ``"auto"``."""
     if isinstance(weight_decay, str):

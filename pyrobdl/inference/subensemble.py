@@ -52,7 +52,6 @@ References:
 from __future__ import annotations
 
 import copy
-import itertools
 import numbers
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
@@ -65,10 +64,10 @@ from .._fast import chain as fast_chain
 from .._fast.batched import batched_call
 from .._util import check_positive_int, eval_mode, warn_user
 from ..network import BayesianNetwork
-from .base import Data, finite_draw_index
+from .base import Data
 from .ensemble import _PERMUTED_BYTES, DeepEnsemble, EnsemblePosterior, _FlatMembers
 from .optim import train
-from .point import PointInference, WeightDecay, constrainer, latent_lr_scale, saved_fit_info, weight_penalty
+from .point import PointInference, WeightDecay, check_size, constrainer, latent_lr_scale, saved_fit_info, weight_penalty
 from .registry import register_method
 
 __all__ = ["SubEnsemble", "SubEnsemblePosterior", "HeadSplit"]
@@ -463,13 +462,9 @@ class SubEnsemble(PointInference):
             num_steps=num_steps, epochs=trunk_epochs, batch_size=batch_size, lr=lr,
             weight_decay=weight_decay, progress=progress, seed=seed, callback=callback,
         )
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral):
-            raise TypeError(f"size must be an integer >= 1 (the number of heads), got {size!r}")
-        if size < 1:
-            raise ValueError(f"size must be at least 1 (the number of heads), got {size}; e.g. size=5")
         if not isinstance(split, (str, numbers.Integral, nn.Module)) or isinstance(split, bool):
             raise TypeError(f"split must be 'last', a module name, an integer index or a module, got {split!r}")
-        self.size = int(size)
+        self.size = check_size(size, "heads")
         self.split = split
         self.head_steps = check_positive_int(head_steps, "head_steps")
         self.head_epochs = None if head_epochs is None else check_positive_int(head_epochs, "head_epochs")

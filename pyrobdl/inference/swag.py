@@ -95,7 +95,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch.func import stack_module_state

@@ -6,7 +6,6 @@ whose message names the argument and the fix.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Optional, Sequence, Tuple, Union
 

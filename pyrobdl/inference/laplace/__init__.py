@@ -122,7 +122,8 @@ from ..point import (
 )
 from ..registry import register_method
 from .curvature import (
-    AUTO_FULL_MAX, DENSE_MAX, HESSIANS, MARGLIK_TOL, Subset, _Curvature, _Diag, _Full, _Jacobians, _Kron, _Layout, _LowRank, _POWER_ITERS, _chunks, _lambda_sqrt, _noise_tunable, _out_width, _unconstrained,
+    _JAC_ELEMENTS, _POWER_ITERS, AUTO_FULL_MAX, DENSE_MAX, HESSIANS, MARGLIK_TOL, Subset, _chunks, _Curvature,
+    _Diag, _Full, _Jacobians, _Kron, _lambda_sqrt, _Layout, _LowRank, _noise_tunable, _out_width, _unconstrained,
 )
 from .posterior import LaplacePosterior
 
@@ -377,7 +378,8 @@ class Laplace(PointInference):
             if kind == "full" and layout.P > DENSE_MAX:
                 raise ValueError(
                     f"hessian='full' needs a {layout.P} x {layout.P} matrix (more than DENSE_MAX={DENSE_MAX} weights); "
-                    "use hessian='kron', 'diag' or 'low-rank', or subset='last-layer'"
+                    "use hessian='kron', 'diag' or 'low-rank'"
+                    + ("" if self.subset == "last-layer" else ", or subset='last-layer'")
                 )
             jac = _Jacobians(model, layout)
             dense = kind == "full" or (kind == "low-rank" and layout.P <= DENSE_MAX)
@@ -479,7 +481,10 @@ class Laplace(PointInference):
         N = 0
         try:
             with eval_mode(net):
-                for xb, yb in _chunks(data, model, 1024):
+                # a chunk holds a few (rows, k, k) tensors: bounded by the Jacobian budget for many outputs
+                k_out = _out_width(model, data.sample(1)[0].to(device))
+                rows = max(1, min(1024, _JAC_ELEMENTS // max(1, k_out * k_out)))
+                for xb, yb in _chunks(data, model, rows):
                     acts.clear()
                     eps.clear()
                     with torch.enable_grad():

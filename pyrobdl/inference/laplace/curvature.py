@@ -203,7 +203,8 @@ class _Diag(_Curvature):
         return torch.randn((num,) + prec.shape, dtype=prec.dtype, device=prec.device) / prec.sqrt()
 
     def jsj(self, J, delta, s):
-        return torch.einsum("nkp,p,nlp->nkl", J, 1.0 / self._prec(delta, s), J)
+        W = J * self._prec(delta, s).rsqrt()  # J diag(prec)^-1/2: one batched matmul, not a 3-operand einsum
+        return W @ W.mT
 
     def dense(self):
         return torch.diag(self.h)
@@ -292,7 +293,13 @@ class _Kron(_Curvature):
     r"""K-FAC blocks :math:`G_l\otimes A_l` (stored by their eigendecompositions) for the
     ``nn.Linear`` layers of the subset, a diagonal for the other weights. ``perm[l]`` maps a
     block's weights in the order of :math:`\mathrm{vec}([W\,|\,b])` (row-major) to flat
-    positions of the subset."""
+    positions of the subset.
+
+    A layer's weight and bias are one block (:math:`A_l` is built from the inputs with a
+    column of ones), so the weight-bias cross terms of the GGN are kept. laplace-torch 0.3
+    factors the bias as a separate block and drops them: on a bias-free network the two agree
+    to float precision, with biases the evidence differs by exactly those cross terms
+    (``benchmarks/bench_laplace.py``, ``tests/inference/test_laplace_reference.py``)."""
 
     kind = "kron"
 
@@ -324,13 +331,13 @@ class _Kron(_Curvature):
 
     def jsj(self, J, delta, s):
         n, k, _ = J.shape
-        Jd = J[..., self.diag_index]
-        total = torch.einsum("nkp,p,nlp->nkl", Jd, 1.0 / (s * self.diag_h + delta[self.diag_index]), Jd)
+        Jd = J[..., self.diag_index] * (s * self.diag_h + delta[self.diag_index]).rsqrt()
+        total = Jd @ Jd.mT
         for b in self.blocks:
             prec = self._block_prec(b, delta, s)
             Jb = J[..., b["perm"]].reshape(n, k, *prec.shape)
-            T = b["qg"].T @ Jb @ b["qa"]  # coordinates in the eigenbasis
-            total = total + torch.einsum("nkoi,oi,nloi->nkl", T, 1.0 / prec, T)
+            W = ((b["qg"].T @ Jb @ b["qa"]) * prec.rsqrt()).reshape(n, k, -1)  # eigenbasis, whitened
+            total = total + W @ W.mT
         return total
 
     def dense(self):
