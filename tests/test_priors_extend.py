@@ -365,3 +365,34 @@ def test_positive_support_weight_prior_refused_when_fit_starts():
     model = BayesianNetwork(_net(), prior=Returns(lambda p: dist.HalfNormal(torch.ones(())).expand(p.shape).to_event(p.dim())))
     with pytest.raises(ValueError, match="parameter '0.weight'.*weights need a prior on the real line"):
         _mf(model, x, y)
+
+
+_TINY = {
+    "mean-field": dict(num_steps=100), "low-rank": dict(num_steps=100), "full-rank": dict(num_steps=100),
+    "nuts": dict(num_samples=10, warmup_steps=10, num_chains=1), "hmc": dict(num_samples=10, warmup_steps=10, num_chains=1),
+    "chees-hmc": dict(num_samples=10, warmup_steps=20, num_chains=4),
+    "mc-dropout": dict(num_steps=100), "mc-dropconnect": dict(num_steps=100), "ensemble": dict(num_steps=100),
+    "swag": dict(epochs=5, swag_epochs=5), "multi-swag": dict(epochs=5, swag_epochs=5, size=2),
+    "sgld": dict(num_samples=5, warmup_steps=20, init_steps=20, num_chains=2),
+    "sghmc": dict(num_samples=5, warmup_steps=20, init_steps=20, num_chains=2),
+    "cyclical-sgmcmc": dict(num_cycles=2, samples_per_cycle=3, init_steps=20, num_chains=2),
+    "laplace": dict(num_steps=100), "sub-ensemble": dict(num_steps=100, head_steps=20),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(pyrobdl.available_methods()))
+def test_the_scale_mixture_prior_works_with_every_method(method):
+    """Blundell et al.'s scale mixture (a non-Gaussian prior) with every registered method (tiny
+    runs): the fit finishes and predicts finite values."""
+    import warnings
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.linspace(-2, 2, 64).unsqueeze(-1)
+    y = torch.sin(2 * x[:, 0]) + 0.1 * torch.randn(64, generator=g)
+    model = BayesianNetwork(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)), prior=priors.ScaleMixture())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        post = pyrobdl.fit(model, x, y, method=method, progress=False, seed=0, **_TINY.get(method, {}))
+        pred = post.predict(x[:4])
+    assert bool(torch.isfinite(pred.mean).all()) and bool((pred.variance > 0).all())
