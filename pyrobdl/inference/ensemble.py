@@ -100,6 +100,26 @@ class _FlatMembers:
         )
 
 
+def member_shuffles(x: torch.Tensor, y: torch.Tensor, M: int, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Endless minibatches ``(M, batch_size, ...)`` of ``(x, y)``, each of the ``M`` members with
+    its own shuffle per epoch (the last incomplete batch of an epoch is dropped). Each epoch
+    gathers the M shuffled copies at once when they fit in ``_PERMUTED_BYTES``, so a step takes
+    views instead of indexing the data again."""
+    N = x.shape[0]
+    row_bytes = x[0].numel() * x.element_size() + y[0].numel() * y.element_size()
+    at_once = M * N * row_bytes <= _PERMUTED_BYTES
+    while True:
+        perm = torch.rand(M, N, device=x.device).argsort(1)
+        if at_once:
+            xp, yp = x[perm], y[perm]
+            for i in range(0, N - batch_size + 1, batch_size):
+                yield xp[:, i : i + batch_size], yp[:, i : i + batch_size]
+        else:
+            for i in range(0, N - batch_size + 1, batch_size):
+                idx = perm[:, i : i + batch_size]
+                yield x[idx], y[idx]
+
+
 class EnsemblePosterior(Posterior):
     r"""A deep ensemble (Lakshminarayanan et al., 2017): :math:`M` networks stored as stacked
     parameters and evaluated together in one batched pass (see :meth:`forward`).
@@ -441,20 +461,7 @@ class DeepEnsemble(PointInference):
             xe, ye = data.x.expand((M,) + data.x.shape), data.y.expand((M,) + data.y.shape)
             while True:
                 yield xe, ye
-        # each epoch gathers the M shuffled copies of the data at once (when they fit in
-        # _PERMUTED_BYTES), so a step takes views instead of indexing the data again
-        row_bytes = data.x[0].numel() * data.x.element_size() + data.y[0].numel() * data.y.element_size()
-        at_once = M * N * row_bytes <= _PERMUTED_BYTES
-        while True:
-            perm = torch.rand(M, N, device=data.device).argsort(1)
-            if at_once:
-                xp, yp = data.x[perm], data.y[perm]
-                for i in range(0, N - bs + 1, bs):
-                    yield xp[:, i : i + bs], yp[:, i : i + bs]
-            else:
-                for i in range(0, N - bs + 1, bs):
-                    idx = perm[:, i : i + bs]
-                    yield data.x[idx], data.y[idx]
+        yield from member_shuffles(data.x, data.y, M, bs)
 
     # -- objective -------------------------------------------------------------
     def loss(

@@ -283,6 +283,20 @@ class FlatLayout:
             lp = lp + s.prior.log_prob(values[s.name])
         return lp
 
+    def negative_log_joint(
+        self, model: BayesianNetwork, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, likelihood_scale: float = 1.0
+    ) -> torch.Tensor:
+        r"""The potential :math:`U(z) = -\log p(\theta(z)) - \log|\det J| - c\,\log p(y\mid x, \theta(z))`
+        of the network at flat ``z`` ``(..., D)``, shape ``z.shape[:-1]``: what HMC/NUTS
+        (:class:`~pyrobdl.inference.mcmc.potential.FlatPotential`, :math:`c = 1`) and SG-MCMC
+        (:class:`~pyrobdl.inference.sgmcmc.MinibatchPotential`, :math:`c = N/|\mathcal B|` on a
+        minibatch) sample from."""
+        values, _, logdet = self.unpack(z)
+        lp = self.log_prior(z, values, logdet)
+        params, lats = model.split_values(values)
+        ll = model.likelihood.log_prob(model.apply(params, x), y, lats).sum(-1)
+        return -(lp + ll) if likelihood_scale == 1.0 else -(lp + likelihood_scale * ll)
+
     def expected_gaussian_log_prior(
         self, mean: torch.Tensor, var: torch.Tensor, *, prior_var: Optional[torch.Tensor] = None
     ) -> torch.Tensor:

@@ -252,13 +252,7 @@ class MinibatchPotential:
 
     def __call__(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         r""":math:`\tilde U(z)` on the minibatch ``(x, y)``, shape ``z.shape[:-1]``."""
-        layout, model = self.layout, self.model
-        values, _, logdet = layout.unpack(z)
-        lp = layout.log_prior(z, values, logdet)
-        params, lats = model.split_values(values)
-        out = model.apply(params, x)
-        ll = model.likelihood.log_prob(out, y, lats).sum(-1)
-        return -(lp + (self.num_data / x.shape[0]) * ll)
+        return self.layout.negative_log_joint(self.model, z, x, y, likelihood_scale=self.num_data / x.shape[0])
 
     def value_and_grad(self, z: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(U (C,), ∇U (C, D))`` for independent rows of ``z`` ``(C, D)``: one backward

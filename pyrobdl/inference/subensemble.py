@@ -61,11 +61,12 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from .._fast import chain as fast_chain
+from .._fast import engine
 from .._fast.batched import batched_call
 from .._util import check_positive_int, eval_mode, warn_user
 from ..network import BayesianNetwork
 from .base import Data
-from .ensemble import _PERMUTED_BYTES, DeepEnsemble, EnsemblePosterior, _FlatMembers
+from .ensemble import DeepEnsemble, EnsemblePosterior, _FlatMembers, member_shuffles
 from .optim import train
 from .point import PointInference, WeightDecay, check_size, constrainer, latent_lr_scale, saved_fit_info, weight_penalty
 from .registry import register_method
@@ -315,16 +316,17 @@ class SubEnsemblePosterior(EnsemblePosterior):
         }
 
     def _member_outputs(self, x, *, chunk_size=None, max_memory=None):
-        """The heads' outputs ``(M, N, k)``: the trunk runs once per row chunk, the heads batched."""
+        """The heads' outputs ``(M, N, k)`` through the predictive engine: every head in one
+        batched pass per chunk of rows (the engine's memory policy), the trunk once per chunk."""
         M = self.size
-        budget = 512 * 2**20 if max_memory is None else int(max_memory)
-        rows = max(1, min(x.shape[0], _FEATURE_ROWS, budget // max(1, 8 * M * self.model.row_bytes(x))))
-        outs = []
+        _, rows = engine.plan(M, x.shape[0], row_bytes=self.model.row_bytes(x), chunk_size=M,
+                              max_memory=max_memory, device=x.device)
+
+        def heads_pass(s0, s1, xr, dest):
+            return self.split.forward_heads(self.heads, self.split.features(xr), per_head_inputs=False)
+
         with eval_mode(self.model.net), torch.inference_mode():
-            for r0 in range(0, x.shape[0], rows):
-                z = self.split.features(x[r0 : r0 + rows])
-                outs.append(self.split.forward_heads(self.heads, z, per_head_inputs=False))
-        return torch.cat(outs, 1), self.latents
+            return engine.run(heads_pass, M, x, chunk=M, rows=rows), self.latents
 
     def get_state(self) -> Dict[str, Any]:
         return {
@@ -537,18 +539,9 @@ class SubEnsemble(PointInference):
             while True:
                 yield z, y, False
 
-        def shuffled():  # each epoch gathers the M shuffled copies at once (when small), then takes views
-            at_once = M * (z[:1].numel() * z.element_size() + y[:1].numel() * y.element_size()) * N <= _PERMUTED_BYTES
-            while True:
-                perm = torch.rand(M, N, device=z.device).argsort(1)
-                if at_once:
-                    zp, yp = z[perm], y[perm]
-                    for i in range(0, N - bs + 1, bs):
-                        yield zp[:, i : i + bs], yp[:, i : i + bs], True
-                else:
-                    for i in range(0, N - bs + 1, bs):
-                        idx = perm[:, i : i + bs]
-                        yield z[idx], y[idx], True
+        def shuffled():  # each head its own shuffle of the features
+            for zb, yb in member_shuffles(z, y, M, bs):
+                yield zb, yb, True
         return (full() if spe == 1 else shuffled()), steps, spe
 
     def train_heads(

@@ -87,12 +87,7 @@ class FlatPotential:
         model, x, y, layout = self.model, self.x, self.y, self.layout
 
         def potential(z: torch.Tensor) -> torch.Tensor:
-            values, _, logdet = layout.unpack(z)
-            lp = layout.log_prior(z, values, logdet)
-            params, lats = model.split_values(values)
-            out = model.apply(params, x)
-            ll = model.likelihood.log_prob(out, y, lats).sum(-1)
-            return -(lp + ll)
+            return layout.negative_log_joint(model, z, x, y)
 
         return potential
 
