@@ -457,13 +457,13 @@ def render(data: dict) -> str:
 
 
 # ============================================================================ the README region
-def region_bounds(text: str) -> Tuple[int, int]:
-    """Line indices ``[start, end)`` of the generated region: the ``BEGIN`` heading up to the next
+def region_bounds(text: str, begin: str = BEGIN) -> Tuple[int, int]:
+    """Line indices ``[start, end)`` of a generated region: the ``begin`` heading up to the next
     heading of level 1-3 (or the end of the file)."""
     lines = text.split("\n")
-    starts = [i for i, line in enumerate(lines) if line.rstrip() == BEGIN]
+    starts = [i for i, line in enumerate(lines) if line.rstrip() == begin]
     if len(starts) != 1:
-        raise ValueError(f"README must have exactly one {BEGIN!r} line, found {len(starts)}")
+        raise ValueError(f"README must have exactly one {begin!r} line, found {len(starts)}")
     start = starts[0]
     end = len(lines)
     fence = False
@@ -476,13 +476,13 @@ def region_bounds(text: str) -> Tuple[int, int]:
     return start, end
 
 
-def extract_region(text: str) -> str:
-    start, end = region_bounds(text)
+def extract_region(text: str, begin: str = BEGIN) -> str:
+    start, end = region_bounds(text, begin)
     return "\n".join(text.split("\n")[start:end]).rstrip("\n") + "\n"
 
 
-def replace_region(text: str, region: str) -> str:
-    start, end = region_bounds(text)
+def replace_region(text: str, region: str, begin: str = BEGIN) -> str:
+    start, end = region_bounds(text, begin)
     lines = text.split("\n")
     new = region.rstrip("\n").split("\n") + ([""] if end < len(lines) else [])
     return "\n".join(lines[:start] + new + lines[end:])

@@ -35,6 +35,7 @@ from .base import Data, Posterior, finite_draw_index, reset_bayesian_parameters
 from .optim import train
 from .point import PointInference, WeightDecay, check_likelihood, init_latents, latent_site_names, param_name
 from .point import check_size, constrainer, latent_lr_scale, saved_fit_info, training_targets, weight_penalty
+from .point import AUTO_FALLBACK_EPOCHS, EpochSelector, auto_epoch_budget, holdout
 from .registry import register_method
 
 __all__ = ["DeepEnsemble", "EnsemblePosterior"]
@@ -355,14 +356,22 @@ class DeepEnsemble(PointInference):
     member's loss is :math:`\ell_i(x, y) + \ell_i(x', y)`. ``epsilon`` defaults to 1% of each
     input feature's range in the training data (the first batch of a DataLoader).
 
-    The defaults (5 members, 40 epochs in minibatches of 32, ``lr=2e-2``) are those measured
-    on the UCI benchmarks (the protocol of the paper; see the docs page "How the defaults were
-    chosen").
+    **How long.** By default (``epochs="auto"``) the data choose the number of epochs: a copy of
+    the ensemble trains on a random 80% of the rows and is scored on the other 20% after every
+    epoch (:class:`~pyrobdl.inference.point.EpochSelector`: a trailing mean of the held-out
+    log predictive density, stopping once the best epoch lies in the first half of the run);
+    the final ensemble trains on all rows for the best count (``fit_info["epochs"]``,
+    ``fit_info["epoch_scores"]``). A small noisy dataset stops early (UCI Boston: 16-210
+    epochs), a smooth one trains long (UCI Energy: 555-915 epochs, test LL -0.88 against
+    -1.54 at the paper's 40). Below 50 rows or with a DataLoader: 40 epochs. The other defaults
+    (5 members, minibatches of 32, ``lr=2e-2``) are those measured on the UCI benchmarks (see
+    the docs page "How the defaults were chosen").
 
     Args:
         size: :math:`M`, the number of members (>= 1).
         num_steps: optimisation steps instead of epochs (used when ``epochs`` is not given).
-        epochs: passes over the data (default 40 when ``num_steps`` is not given either).
+        epochs: passes over the data, or ``"auto"`` (the default when ``num_steps`` is not
+            given either): chosen on held-out rows, see *How long* above.
         batch_size: minibatch size (default 32; ``None``: full batch).
         lr: Adam learning rate (the likelihood's latents train at
             ``max(lr, optim.LIKELIHOOD_LR)``).
@@ -392,14 +401,15 @@ class DeepEnsemble(PointInference):
     variance_head = True
     collapse_hint = "The members may have started from the same weights: give every module with Bayesian parameters a reset_parameters()."
     default_num_steps = None
-    default_epochs = 40
+    default_epochs = "auto"
+    auto_epochs = True
 
     def __init__(
         self,
         *,
         size: int = 5,
         num_steps: Optional[int] = None,
-        epochs: Optional[int] = None,
+        epochs: Union[None, int, str] = None,
         batch_size: Optional[int] = 32,
         lr: float = 2e-2,
         weight_decay: WeightDecay = 0.0,
@@ -524,6 +534,33 @@ class DeepEnsemble(PointInference):
         return params, buffers, {k: v.detach().clone().requires_grad_(True) for k, v in ws._raw.items()}
 
     def _fit(self, model: BayesianNetwork, data: Data) -> EnsemblePosterior:
+        if self.epochs != "auto":
+            return self._train(model, data, self.num_steps, self.epochs, self.callback)
+        epochs, scores = self._choose_epochs(model, data)
+        post = self._train(model, data, None, epochs, self.callback)
+        post.fit_info.update(epochs=epochs, epoch_scores=scores)
+        return post
+
+    def _choose_epochs(self, model: BayesianNetwork, data: Data) -> Tuple[int, Optional[Dict[int, float]]]:
+        """``epochs="auto"``: train a copy of ``model`` on a random 80% of the rows (the same
+        members, batches and learning rate), score the ensemble on the other 20% after every
+        epoch and stop once the best epoch lies in the first half of the run
+        (:class:`~pyrobdl.inference.point.EpochSelector`); the best epoch count is the answer.
+        Without a held-out split (a DataLoader, fewer than ``AUTO_MIN_DATA`` rows),
+        ``AUTO_FALLBACK_EPOCHS``. Returns ``(epochs, {epoch: held-out LL})``."""
+        split = holdout(data)
+        if split is None:
+            return AUTO_FALLBACK_EPOCHS, None
+        x_fit, y_fit, x_val, y_val = split
+        trial = model.fresh_copy()
+        trial_data = Data(trial, x_fit, y_fit)
+        selector = EpochSelector(x_val, y_val)
+        budget = auto_epoch_budget(trial_data.steps_per_epoch(self.batch_size))
+        self._train(trial, trial_data, None, budget, selector)
+        return max(1, selector.best_epoch), selector.scores
+
+    def _train(self, model: BayesianNetwork, data: Data, num_steps: Optional[int], epochs: Optional[int], callback) -> EnsemblePosterior:
+        """Train the members on ``data`` for ``epochs`` (or ``num_steps``) with ``callback``."""
         M = self.size
         batches = self._batches(data, model)
         x0, y0 = next(batches)
@@ -554,7 +591,7 @@ class DeepEnsemble(PointInference):
             std = layout.unpack(p) if penalty is not None else None
             return self._loss(post, std, constrain(r), xb, yb, eps, penalty, forward=lambda xi: layout.forward(p, xi))
 
-        num_steps = data.num_steps(self.num_steps, self.epochs, self.batch_size)
+        num_steps = data.num_steps(num_steps, epochs, self.batch_size)
         for net in nets:
             net.train()
         try:
@@ -568,7 +605,7 @@ class DeepEnsemble(PointInference):
 
             losses, secs = train(
                 loss_fn, itertools.chain([(x0, y0)], batches), flat.leaves, num_steps=num_steps, lr=self.lr,
-                progress=self.progress, desc=self.name, record_shape=(M,), callback=self.callback,
+                progress=self.progress, desc=self.name, record_shape=(M,), callback=callback,
                 callback_every=data.steps_per_epoch(self.batch_size), posterior_fn=snapshot,
             )
         finally:

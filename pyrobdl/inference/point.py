@@ -82,12 +82,32 @@ __all__ = [
     "select_layers",
     "saved_fit_info",
     "training_targets",
+    "holdout",
+    "held_out_score",
+    "EpochSelector",
+    "auto_epoch_budget",
 ]
 
 #: layers that dropout precedes and DropConnect masks
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
 WeightDecay = Union[str, float]
+
+#: ``"auto"`` settings (the method's own inner validation): the share of the training rows held out
+AUTO_VALIDATION_FRACTION = 0.2
+#: ``"auto"`` settings: with fewer training rows (or a DataLoader) nothing is held out and the
+#: method uses its fallback
+AUTO_MIN_DATA = 50
+#: ``epochs="auto"``: the trial run trains at least this many epochs ...
+AUTO_MIN_EPOCHS = 50
+#: ... and at most this many epochs ...
+AUTO_MAX_EPOCHS = 1000
+#: ... or this many steps, whichever is fewer (but never fewer than ``AUTO_MIN_EPOCHS`` epochs)
+AUTO_MAX_STEPS = 50_000
+#: ``epochs="auto"`` without a validation split (fewer than ``AUTO_MIN_DATA`` rows, a DataLoader)
+AUTO_FALLBACK_EPOCHS = 40
+#: ``epochs="auto"``: the held-out scores are averaged over this many epochs (the trailing window)
+AUTO_SMOOTHING = 5
 
 
 # ============================================================================ settings
@@ -125,12 +145,14 @@ class PointInference(Inference):
     default_epochs: ClassVar[Optional[int]] = None
     #: the weight decays ``weight_decay="auto"`` chooses from (empty: the method has no "auto")
     weight_decay_candidates: ClassVar[Tuple[WeightDecay, ...]] = ()
+    #: whether ``epochs="auto"`` (chosen on held-out rows, :class:`EpochSelector`) is accepted
+    auto_epochs: ClassVar[bool] = False
 
     def __init__(
         self,
         *,
         num_steps: Optional[int],
-        epochs: Optional[int],
+        epochs: Union[None, int, str],
         batch_size: Optional[int],
         lr: float,
         weight_decay: WeightDecay,
@@ -143,7 +165,13 @@ class PointInference(Inference):
         if num_steps is None and epochs is None:
             num_steps, epochs = self.default_num_steps, self.default_epochs
         self.num_steps = None if num_steps is None else check_positive_int(num_steps, "num_steps")
-        self.epochs = None if epochs is None else check_positive_int(epochs, "epochs")
+        if isinstance(epochs, str):
+            if not (self.auto_epochs and epochs == "auto"):
+                choices = "a positive integer" + (" or 'auto' (chosen on held-out rows)" if self.auto_epochs else "")
+                raise ValueError(f"epochs must be {choices}, got {epochs!r}")
+            self.epochs: Union[None, int, str] = "auto"
+        else:
+            self.epochs = None if epochs is None else check_positive_int(epochs, "epochs")
         self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
         self.lr = check_positive_float(lr, "lr")
         self.weight_decay = check_weight_decay(weight_decay, auto=bool(self.weight_decay_candidates))
@@ -170,7 +198,80 @@ def saved_fit_info(fit_info: Dict[str, Any]) -> Dict[str, Any]:
         out["weight_decay"] = wd if isinstance(wd, str) else float(wd)
         scores = fit_info.get("weight_decay_scores")
         out["weight_decay_scores"] = None if scores is None else {str(k): float(v) for k, v in scores.items()}
+    if "epochs" in fit_info:
+        out["epochs"] = int(fit_info["epochs"])
     return out
+
+
+# ============================================================================ inner validation
+def holdout(data: Data) -> Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """A random split of the training rows for a method's ``"auto"`` settings:
+    ``(x_fit, y_fit, x_val, y_val)`` with ``AUTO_VALIDATION_FRACTION`` of the rows held out,
+    drawn from torch's global generator (seeded by the fit's ``seed``); ``None`` with a
+    DataLoader or fewer than ``AUTO_MIN_DATA`` rows."""
+    n = data.num_data
+    if data.loader is not None or n < AUTO_MIN_DATA:
+        return None
+    perm = torch.randperm(n).to(data.device)
+    n_val = max(1, int(round(AUTO_VALIDATION_FRACTION * n)))
+    val, rest = perm[:n_val], perm[n_val:]
+    return data.x[rest], data.y[rest], data.x[val], data.y[val]
+
+
+def held_out_score(posterior, x_val: torch.Tensor, y_val: torch.Tensor, num_samples: Optional[int] = None) -> float:
+    """Mean log predictive density of ``posterior`` on held-out rows (``-inf`` when not finite)."""
+    with torch.no_grad():
+        ll = posterior.predict(x_val, num_samples=num_samples).log_prob(y_val).mean()
+    return float(ll) if bool(torch.isfinite(ll)) else float("-inf")
+
+
+class EpochSelector:
+    r"""A training callback that chooses the number of epochs on held-out rows
+    (``epochs="auto"``). After every epoch :math:`e` it scores the posterior trained so far by
+    its mean log predictive density :math:`\ell_e` on ``(x_val, y_val)``; minibatch training
+    is noisy, so the choice uses the trailing mean :math:`\bar\ell_e` of the last
+    ``smoothing`` scores. The best epoch :math:`e^* = \arg\max_e \bar\ell_e`; the run stops
+    once :math:`e \ge \max(2e^*, \text{min\_epochs})`, i.e. when the best epoch lies in the
+    first half of the run. The geometric patience scales with the problem: a small noisy
+    dataset that overfits after 20 epochs stops at 50, a smooth one still improving at 500
+    runs on (to the trial's budget).
+
+    Attributes:
+        best_epoch: :math:`e^*` (0 before the first call).
+        scores: ``{epoch: held-out LL}`` (unsmoothed).
+
+    Example::
+
+        sel = EpochSelector(x_val, y_val)
+        DeepEnsemble(epochs=1000, callback=sel).fit(model, x_fit, y_fit)
+        sel.best_epoch
+    """
+
+    def __init__(self, x_val: torch.Tensor, y_val: torch.Tensor, *, min_epochs: int = AUTO_MIN_EPOCHS,
+                 smoothing: int = AUTO_SMOOTHING, num_samples: Optional[int] = None):
+        self.x_val, self.y_val = x_val, y_val
+        self.min_epochs = int(min_epochs)
+        self.smoothing = check_positive_int(smoothing, "smoothing")
+        self.num_samples = num_samples
+        self.scores: Dict[int, float] = {}
+        self._recent: List[float] = []
+        self.best_epoch, self.best = 0, float("-inf")
+
+    def __call__(self, progress) -> bool:
+        epoch = max(1, int(round(progress.epoch)))
+        score = held_out_score(progress.posterior, self.x_val, self.y_val, self.num_samples)
+        self.scores[epoch] = score
+        self._recent = (self._recent + [score])[-self.smoothing:]
+        smoothed = sum(self._recent) / len(self._recent)
+        if smoothed > self.best:
+            self.best_epoch, self.best = epoch, smoothed
+        return epoch >= max(2 * self.best_epoch, self.min_epochs)
+
+
+def auto_epoch_budget(steps_per_epoch: int) -> int:
+    """The most epochs an ``epochs="auto"`` trial runs: ``AUTO_MAX_EPOCHS`` or
+    ``AUTO_MAX_STEPS`` steps, whichever is fewer, and at least ``AUTO_MIN_EPOCHS``."""
+    return max(AUTO_MIN_EPOCHS, min(AUTO_MAX_EPOCHS, AUTO_MAX_STEPS // max(1, steps_per_epoch)))
 
 
 # ============================================================================ likelihood

@@ -65,7 +65,8 @@ def test_zero_epistemic_spread_warns():
     x, y = _noisy_sine(n=100)
     net = nn.Sequential(nn.Linear(1, 20), nn.ReLU(), nn.Linear(20, 1))
     with pytest.warns(UserWarning, match="no epistemic spread.*weight_decay"):
-        post = pyrobdl.fit(BayesianNetwork(net), x, y, method="mc-dropout", weight_decay=50.0, num_steps=400, progress=False, seed=0)
+        post = pyrobdl.fit(BayesianNetwork(net), x, y, method="mc-dropout", weight_decay=50.0, num_steps=400, lr_decay=1.0,
+                          progress=False, seed=0)
     assert post.fit_info["checks"]["epistemic_spread"] == 0.0
 
 

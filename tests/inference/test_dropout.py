@@ -279,3 +279,23 @@ def test_auto_weight_decay_choice_is_saved(tmp_path):
     back = pyrobdl.load(tmp_path / "post.pt")
     assert back.fit_info["weight_decay"] == post.fit_info["weight_decay"] in (0.0, "prior")
     assert back.fit_info["weight_decay_scores"] == pytest.approx(post.fit_info["weight_decay_scores"])
+
+
+def test_lr_decay_default_and_effect(small_data):
+    """MC dropout decays the learning rate to a tenth by default, DropConnect keeps it; with the
+    rate decayed to ~0 the last steps of a mask-free (p=0) fit no longer move the loss, with a
+    constant rate they do (a test that fails when the option is not passed to the optimiser)."""
+    from pyrobdl.inference import MCDropConnect, MCDropout
+
+    assert MCDropout().lr_decay == 0.1 and MCDropConnect().lr_decay == 1.0
+    assert MCDropout(lr_decay=0.5).settings()["lr_decay"] == 0.5
+    with pytest.raises(ValueError, match="lr_decay"):
+        MCDropout(lr_decay=-1.0)
+    x, y = small_data
+    tail = {}
+    for decay in (1.0, 1e-12):
+        post = MCDropout(p=0.0, num_steps=60, lr_decay=decay, weight_decay=0.0, progress=False, seed=0).fit(
+            regression_model(), x, y)
+        tail[decay] = post.fit_info["losses"][-5:]
+    assert float(tail[1e-12].max() - tail[1e-12].min()) < 1e-6
+    assert float(tail[1.0].max() - tail[1.0].min()) > 1e-4

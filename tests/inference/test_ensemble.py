@@ -148,13 +148,89 @@ def test_ensemble_minibatches_epochs_and_dataloader(small_data):
 
 
 def test_defaults_are_the_measured_ones(small_data):
-    """5 members, 40 epochs in minibatches of 32, lr 2e-2; num_steps replaces the epochs."""
+    """5 members, epochs chosen on held-out rows, minibatches of 32, lr 2e-2; num_steps or
+    epochs replace the choice; below AUTO_MIN_DATA rows "auto" trains AUTO_FALLBACK_EPOCHS."""
+    from pyrobdl.inference.point import AUTO_FALLBACK_EPOCHS, AUTO_MIN_DATA
+
     algo = DeepEnsemble()
-    assert (algo.size, algo.epochs, algo.batch_size, algo.lr, algo.weight_decay) == (5, 40, 32, 2e-2, 0.0)
+    assert (algo.size, algo.epochs, algo.batch_size, algo.lr, algo.weight_decay) == (5, "auto", 32, 2e-2, 0.0)
     assert DeepEnsemble.variance_head and DeepEnsemble.family == "ensemble"
-    x, y = small_data  # 40 rows: one minibatch of 32 per epoch
-    assert DeepEnsemble(size=2, progress=False).fit(regression_model(), x, y).fit_info["num_steps"] == 40
+    x, y = small_data  # 40 rows < AUTO_MIN_DATA: no held-out split; one minibatch of 32 per epoch
+    assert len(x) < AUTO_MIN_DATA
+    post = DeepEnsemble(size=2, progress=False).fit(regression_model(), x, y)
+    assert post.fit_info["num_steps"] == AUTO_FALLBACK_EPOCHS and post.fit_info["epoch_scores"] is None
     assert DeepEnsemble(size=2, num_steps=7, progress=False).fit(regression_model(), x, y).fit_info["num_steps"] == 7
+    assert DeepEnsemble(size=2, epochs=3, progress=False).fit(regression_model(), x, y).fit_info["num_steps"] == 3
+
+
+def test_epochs_option_is_checked():
+    with pytest.raises(ValueError, match="epochs must be a positive integer or 'auto'"):
+        DeepEnsemble(epochs="best")
+    with pytest.raises(ValueError, match="epochs"):
+        DeepEnsemble(epochs=0)
+    from pyrobdl.inference import MCDropout  # no "auto" epochs there: the message does not offer it
+
+    with pytest.raises(ValueError, match=r"epochs must be a positive integer, got 'auto'"):
+        MCDropout(epochs="auto")
+
+
+def test_epoch_selector_stops_once_the_best_epoch_is_in_the_first_half():
+    """Scores rise to epoch 7 and fall after: the run stops at epoch max(2*7, min_epochs);
+    with a trailing mean over 3 epochs the best is epoch 8 (scores at 6, 7, 8: -1, 0, -1)."""
+    from pyrobdl.inference.point import EpochSelector
+
+    curve = {e: -abs(e - 7) for e in range(1, 100)}
+
+    class FakePred:
+        def __init__(self, v):
+            self.v = v
+
+        def log_prob(self, y):
+            return torch.full_like(y, float(self.v))
+
+    class FakePost:
+        def __init__(self, e):
+            self.e = e
+
+        def predict(self, x, num_samples=None):
+            return FakePred(curve[self.e])
+
+    class Progress:
+        def __init__(self, e):
+            self.epoch, self.posterior = float(e), FakePost(e)
+
+    sel = EpochSelector(torch.zeros(3, 1), torch.zeros(3), min_epochs=5, smoothing=1)
+    stops = [e for e in range(1, 100) if sel(Progress(e))]
+    assert stops[0] == 14 and sel.best_epoch == 7 and sel.scores[7] == 0.0
+    sel = EpochSelector(torch.zeros(3, 1), torch.zeros(3), min_epochs=20, smoothing=1)
+    assert [e for e in range(1, 100) if sel(Progress(e))][0] == 20
+    # smoothing over 3 epochs: the trailing mean peaks at epoch 8 (scores 6..8 -> -2/3)
+    sel = EpochSelector(torch.zeros(3, 1), torch.zeros(3), min_epochs=5, smoothing=3)
+    assert [e for e in range(1, 100) if sel(Progress(e))][0] == 16 and sel.best_epoch == 8
+
+
+def test_auto_epochs_train_longer_on_a_smooth_noiseless_function_than_on_noise():
+    """The held-out choice follows the data: a noiseless function keeps improving (many epochs),
+    pure noise is fitted best early (few). Seeded; measured 901 against 98 epochs on these 200
+    rows, so a factor of 4 leaves room for another platform's arithmetic."""
+    from pyrobdl.inference.point import auto_epoch_budget
+
+    torch.manual_seed(0)
+    x = torch.randn(200, 4)
+    smooth = torch.sin(2 * x[:, 0])
+    noise = torch.randn(200)
+
+    def chosen(y):
+        model = BayesianNetwork(mlp(d_in=4), prior=pyrobdl.priors.Normal(0.0, 1.0), likelihood=likelihoods.Gaussian())
+        post = DeepEnsemble(size=2, seed=0, progress=False).fit(model, x, y)
+        info = post.fit_info
+        assert info["num_steps"] == info["epochs"] * (200 // 32)
+        ran = max(info["epoch_scores"])  # the trial stops at twice the best epoch or at its budget
+        assert ran >= 2 * info["epochs"] or ran == auto_epoch_budget(160 // 32)
+        return info["epochs"]
+
+    e_smooth, e_noise = chosen(smooth), chosen(noise)
+    assert e_smooth >= 4 * e_noise, (e_smooth, e_noise)
 
 
 # ----------------------------------------------------------------------------- the seed rule
