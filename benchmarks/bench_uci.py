@@ -283,8 +283,11 @@ def main(argv=None) -> Dict[str, Any]:
             if method == "full-rank" and not _full_rank_fits(name, args.data_dir):
                 continue
             entry = run_one(name, method, splits=args.splits, data_dir=args.data_dir, quick=args.quick, out_dir=args.out)
+            # re-read before writing: a long run can be stopped and resumed, and runs in parallel
+            # processes (other datasets) add to one file
+            data = load(args.json)
             data.setdefault("results", {}).setdefault(name, {})[entry["method"]] = entry
-            save(data, args.json)  # after every entry: a long run can be stopped and resumed
+            save(data, args.json)
             print(f"{name:<9} {entry['method']:<15} LL {_pm(entry.get('ll'), 3):>17}  RMSE "
                   f"{_pm(entry.get('rmse'), _rmse_digits(name)):>17}  fit {_fmt(entry.get('fit_seconds'), 1):>6} s  "
                   f"({entry['seconds']:.0f} s, {entry.get('splits')} splits) {entry['status']}", flush=True)
